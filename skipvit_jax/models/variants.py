@@ -1,0 +1,41 @@
+"""ViT variant names ("S/16", "Ti/16", "Te/8", ...) decoded into dimensions."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTDims:
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  patch_size: int
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+
+# name -> (width, depth, mlp_dim, num_heads). "Te" is the testing variant: twelve layers, so
+# every layer number of the SkipViT paper means the same thing, at a width a CPU trains fast.
+_SIZES = {
+    "Te": (32, 12, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+}
+
+
+def decode_variant(variant: str) -> ViTDims:
+  """"S/16" -> ViTDims(width=384, depth=12, mlp_dim=1536, num_heads=6, patch_size=16)."""
+  size, sep, patch = variant.partition("/")
+  if size not in _SIZES or not sep or not patch.isdigit() or int(patch) < 1:
+    raise ValueError(
+        f"model variant: expected '<size>/<patch>' with size in {sorted(_SIZES)} and a positive "
+        f"patch size (e.g. 'S/16'), got {variant!r}"
+    )
+  width, depth, mlp_dim, num_heads = _SIZES[size]
+  return ViTDims(width, depth, mlp_dim, num_heads, int(patch))

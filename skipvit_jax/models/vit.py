@@ -1,0 +1,323 @@
+"""Vision Transformer (Flax linen) with SkipViT token routing.
+
+Architecture and parameter names follow google-research/vision_transformer (and big_vision's
+initialisation), so dense ViT checkpoints map onto this tree one to one:
+
+  embedding/{kernel,bias}              patch embedding, a (p, p, 3, C) convolution
+  cls                                  (1, 1, C) [CLS] token
+  Transformer/posembed_input/pos_embedding   (1, 1 + P, C)
+  Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_1/{query,key,value,out},
+                               LayerNorm_2, MlpBlock_3/{Dense_0,Dense_1}
+  Transformer/encoder_norm
+  head                                 (C, num_classes), zero-initialised
+
+Routing is part of the module's configuration (`routing=RoutingConfig(...)`); the forward
+pass only takes `train` and whether to capture attention maps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from skipvit_jax import attention, routing
+from skipvit_jax.models.variants import ViTDims, decode_variant
+from skipvit_jax.routing import RoutingConfig
+
+Array = jax.Array
+
+
+class _DenseParams(nn.Module):
+  """A DenseGeneral-shaped kernel and bias (flax names), readable by the parent module."""
+
+  kernel_shape: tuple[int, ...]
+  bias_shape: tuple[int, ...]
+  kernel_init: Callable
+
+  def setup(self):
+    self.kernel = self.param("kernel", self.kernel_init, self.kernel_shape)
+    self.bias = self.param("bias", nn.initializers.zeros, self.bias_shape)
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention with query/key/value/out parameters laid out as flax's DenseGeneral."""
+
+  width: int
+  num_heads: int
+  implementation: str = "xla"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    heads, head_dim = self.num_heads, self.width // self.num_heads
+    qkv_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+    qkv_shapes = ((self.width, heads, head_dim), (heads, head_dim))
+    self.query = _DenseParams(*qkv_shapes, qkv_init)
+    self.key = _DenseParams(*qkv_shapes, qkv_init)
+    self.value = _DenseParams(*qkv_shapes, qkv_init)
+    out_init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+    self.out = _DenseParams((heads, head_dim, self.width), (self.width,), out_init)
+
+  def __call__(
+      self, h: Array, *, with_cls_scores: bool = False, with_probs: bool = False
+  ) -> attention.AttentionResult:
+    """h: (B, N, C) normalised tokens -> AttentionResult with out: (B, N, C)."""
+    # One (C, 3C) matmul instead of three (C, C) ones.
+    kernel = jnp.stack([self.query.kernel, self.key.kernel, self.value.kernel], axis=1)
+    bias = jnp.stack([self.query.bias, self.key.bias, self.value.bias], axis=0)
+    qkv = jnp.einsum("bnc,cthd->tbnhd", h, kernel.astype(self.dtype))
+    q, k, v = qkv + bias.astype(self.dtype)[:, None, None]
+    result = attention.attend(
+        q, k, v, implementation=self.implementation,
+        with_cls_scores=with_cls_scores, with_probs=with_probs,
+    )
+    out = jnp.einsum("bnhd,hdc->bnc", result.out, self.out.kernel.astype(self.dtype))
+    return result._replace(out=out + self.out.bias.astype(self.dtype))
+
+  def cls_scores(self, h: Array) -> Array:
+    """The [CLS] row of this layer's attention over all tokens, without projecting keys.
+
+    q_cls . (W_k h_j + b_k) = (W_k q_cls) . h_j + q_cls . b_k, and the last term is the same
+    for every j, so it cancels in the softmax. This costs 2 C^2 + N C H multiply-adds instead
+    of the N C^2 a key projection of every token would.
+
+    Args:
+      h: (B, N, C) normalised tokens, [CLS] first.
+
+    Returns:
+      (B, N - 1) float32, equal to `routing.cls_attention_scores(q, k)` for this layer.
+    """
+    head_dim = self.width // self.num_heads
+    q_cls = jnp.einsum("bc,chd->bhd", h[:, 0], self.query.kernel.astype(self.dtype))
+    q_cls = q_cls + self.query.bias.astype(self.dtype)
+    key_of_query = jnp.einsum("bhd,chd->bhc", q_cls, self.key.kernel.astype(self.dtype))
+    logits = jnp.einsum("bhc,bnc->bhn", key_of_query, h, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits / math.sqrt(head_dim), axis=-1)  # (B, H, N)
+    return probs.mean(axis=1)[:, 1:]
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    dense = lambda features: nn.Dense(
+        features, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6),
+    )
+    width = x.shape[-1]
+    y = nn.gelu(dense(self.mlp_dim)(x))
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    y = dense(width)(y)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm transformer block; at a drop layer it also splits the tokens."""
+
+  dims: ViTDims
+  routing_config: RoutingConfig
+  attention_implementation: str = "xla"
+  dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(
+      self, x: Array, *, train: bool, stage: routing.DropStage | None, capture_attention: bool
+  ) -> tuple[Array, routing.Split | None, Array | None]:
+    """x: (B, n, C) -> (x_out: (B, n', C), split at this layer or None, probs or None)."""
+    # Stochastic depth: one Bernoulli draw per example, shared by all of its tokens.
+    drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2))
+    norm_attn = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")
+    attn = MultiHeadAttention(
+        self.dims.width, self.dims.num_heads, self.attention_implementation, self.dtype,
+        name="MultiHeadDotProductAttention_1",
+    )
+    point = self.routing_config.drop_point
+    split = None
+    if stage is not None and point == "block_input":
+      x, split = routing.route(x, attn.cls_scores(norm_attn(x)), stage, self.routing_config)
+
+    result = attn(
+        norm_attn(x),
+        with_cls_scores=stage is not None and point == "after_attention",
+        with_probs=capture_attention,
+    )
+    y = nn.Dropout(self.dropout_rate)(result.out, deterministic=not train)
+    x = x + drop_path(y, deterministic=not train)
+    if stage is not None and point == "after_attention":
+      x, split = routing.route(x, result.cls_scores, stage, self.routing_config)
+
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_2")(x)
+    y = MlpBlock(self.dims.mlp_dim, self.dropout_rate, self.dtype, name="MlpBlock_3")(y, train=train)
+    x = x + drop_path(y, deterministic=not train)
+    return x, split, result.probs
+
+
+class AddPositionEmbs(nn.Module):
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: (B, N, C) -> x + learned (1, N, C) position embedding."""
+    pos = self.param(
+        "pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:]
+    )
+    return x + pos.astype(x.dtype)
+
+
+class Encoder(nn.Module):
+  """The transformer stack; owns the routing between layers (split, skip, restore)."""
+
+  dims: ViTDims
+  routing_config: RoutingConfig
+  attention_implementation: str = "xla"
+  dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool, capture_attention: bool) -> tuple[Array, dict]:
+    """x: (B, 1 + P, C) embedded tokens -> (normalised tokens (B, 1 + P', C), aux)."""
+    batch, num_patches = x.shape[0], x.shape[1] - 1
+    config = self.routing_config
+    plan = config.plan(self.dims.depth, num_patches)
+
+    x = AddPositionEmbs(name="posembed_input")(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+    # Original patch position of every non-[CLS] token in the sequence (-1: fused token).
+    original_positions = jnp.broadcast_to(
+        jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches)
+    )
+    positions = original_positions
+    waiting: list[routing.Split] = []  # splits whose dropped tokens ride the skip connection
+    records, attention_maps = [], []
+    for index in range(self.dims.depth):
+      layer = index + 1
+      if layer == config.return_layer:
+        for split in reversed(waiting):  # undo the latest split first
+          x = routing.restore_tokens(x, split.keep_idx, split.dropped, split.drop_idx)
+        positions = original_positions
+        waiting = []
+      self.sow("intermediates", "layer_inputs", x)
+
+      rate = self.stochastic_depth * index / max(self.dims.depth - 1, 1)
+      stage = plan.stage_at(layer)
+      x, split, probs = EncoderBlock(
+          self.dims, config, self.attention_implementation, self.dropout_rate, rate, self.dtype,
+          name=f"encoderblock_{index}",
+      )(x, train=train, stage=stage, capture_attention=capture_attention)
+      attention_maps.append(probs)
+
+      if split is not None:
+        records.append({
+            "cls_scores": split.scores,
+            "keep_idx": split.keep_idx,
+            "drop_idx": split.drop_idx,
+            "kept_positions": jnp.take_along_axis(positions, split.keep_idx, axis=1),
+            "dropped_positions": jnp.take_along_axis(positions, split.drop_idx, axis=1),
+        })
+        self.sow("intermediates", "dropped_tokens", split.dropped)
+        positions = records[-1]["kept_positions"]
+        if config.mode == "fused":
+          positions = jnp.pad(positions, ((0, 0), (0, 1)), constant_values=-1)
+        if config.mode == "skip":
+          waiting.append(split)
+
+    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+    aux = {"routing": tuple(records)}
+    if capture_attention:
+      aux["attention"] = tuple(attention_maps)
+    return x, aux
+
+
+class ViT(nn.Module):
+  """ViT classifier. `__call__(images, train=...) -> (logits, aux)`.
+
+  Attributes:
+    variant: "<size>/<patch>", size in Te (testing), Ti, S, B, L; e.g. "S/16".
+    num_classes: classifier outputs.
+    image_size: square input side in pixels; a multiple of the patch size.
+    dropout_rate: dropout after the embedding, attention and MLP layers.
+    stochastic_depth: drop-path rate of the last block (linearly from 0 at the first).
+    routing: which layers drop tokens and how (default: none).
+    attention: attention implementation name (see skipvit_jax.attention).
+    dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32, logits float32.
+
+  aux:
+    "routing": per drop layer, in layer order, a dict with
+      cls_scores (B, n) float32 - the ranking scores of the n non-[CLS] tokens present,
+      keep_idx (B, K) / drop_idx (B, n - K) int32 - positions in the sequence present
+        at that layer ([CLS] excluded), ascending,
+      kept_positions / dropped_positions - the same tokens' original patch positions
+        (-1 for a fused token).
+    "attention": only with capture_attention=True, per layer (B, H, n, n) float32 softmax
+      probabilities over the tokens present at that layer.
+  """
+
+  variant: str = "S/16"
+  num_classes: int = 1000
+  image_size: int = 224
+  dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  routing: RoutingConfig = RoutingConfig()
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    # Fail on bad configuration at construction, long before anything is traced.
+    dims = decode_variant(self.variant)
+    if self.image_size % dims.patch_size:
+      raise ValueError(
+          f"image_size: must be a multiple of the patch size {dims.patch_size}, "
+          f"got {self.image_size}"
+      )
+    if self.num_classes < 1:
+      raise ValueError(f"num_classes: must be >= 1, got {self.num_classes}")
+    for field in ("dropout_rate", "stochastic_depth"):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        raise ValueError(f"{field}: must be in [0, 1), got {getattr(self, field)}")
+    attention.check_implementation(self.attention)
+    self.routing.plan(dims.depth, self.num_patches)
+    super().__post_init__()
+
+  @property
+  def dims(self) -> ViTDims:
+    return decode_variant(self.variant)
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // decode_variant(self.variant).patch_size) ** 2
+
+  @nn.compact
+  def __call__(
+      self, images: Array, *, train: bool, capture_attention: bool = False
+  ) -> tuple[Array, dict]:
+    """images: (B, H, W, 3) -> (logits (B, num_classes) float32, aux)."""
+    dims = self.dims
+    expected = (self.image_size, self.image_size, 3)
+    if images.shape[1:] != expected:
+      raise ValueError(f"images: expected (B, {', '.join(map(str, expected))}), got {images.shape}")
+    patch = dims.patch_size
+    x = nn.Conv(
+        dims.width, (patch, patch), strides=(patch, patch), padding="VALID",
+        dtype=self.dtype, name="embedding",
+    )(images.astype(self.dtype))
+    x = x.reshape(x.shape[0], -1, dims.width)  # (B, P, C)
+    cls = self.param("cls", nn.initializers.zeros, (1, 1, dims.width))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, dims.width)), x], 1)
+
+    x, aux = Encoder(
+        dims, self.routing, self.attention, self.dropout_rate, self.stochastic_depth, self.dtype,
+        name="Transformer",
+    )(x, train=train, capture_attention=capture_attention)
+    logits = nn.Dense(
+        self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32, name="head"
+    )(x[:, 0].astype(jnp.float32))
+    return logits, aux

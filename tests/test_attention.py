@@ -1,0 +1,61 @@
+"""Attention implementations agree with each other and with the numpy reference."""
+
+import jax
+import numpy as np
+import pytest
+
+from skipvit_jax import ViT, RoutingConfig, attention
+from tests import reference
+
+
+def _qkv(seed, batch=2, n=65, heads=3, d=8):
+  rng = np.random.default_rng(seed)
+  return [rng.normal(size=(batch, n, heads, d)).astype(np.float32) for _ in range(3)]
+
+
+def _reference_attention(q, k, v):
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  probs = reference.softmax(np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]))
+  return np.einsum("bhqk,bkhd->bqhd", probs, v), probs
+
+
+@pytest.mark.parametrize("implementation", attention.IMPLEMENTATIONS)
+def test_attention_matches_reference(implementation):
+  q, k, v = _qkv(0)
+  result = jax.jit(
+      lambda q, k, v: attention.attend(
+          q, k, v, implementation=implementation, with_cls_scores=True, with_probs=True
+      )
+  )(q, k, v)
+  want_out, want_probs = _reference_attention(q, k, v)
+  np.testing.assert_allclose(result.out, want_out, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(result.probs, want_probs, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+      result.cls_scores, reference.cls_attention_scores(q, k), rtol=1e-5, atol=1e-7
+  )
+
+
+def test_outputs_are_returned_only_when_asked():
+  q, k, v = _qkv(1)
+  result = attention.attend(q, k, v, implementation="dot_product_attention")
+  assert result.cls_scores is None and result.probs is None
+
+
+def test_implementations_make_the_same_routing_decisions():
+  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  routing = RoutingConfig((4, 7), (0.3, 0.3), 10)
+  xla = ViT("Te/4", num_classes=10, image_size=32, routing=routing, attention="xla")
+  params = xla.init(jax.random.key(1), images, train=False)["params"]
+  fused = xla.clone(attention="dot_product_attention")
+  logits_xla, aux_xla = jax.jit(lambda p: xla.apply({"params": p}, images, train=False))(params)
+  logits_dpa, aux_dpa = jax.jit(lambda p: fused.apply({"params": p}, images, train=False))(params)
+  for a, b in zip(aux_xla["routing"], aux_dpa["routing"]):
+    np.testing.assert_array_equal(a["keep_idx"], b["keep_idx"])
+    np.testing.assert_allclose(a["cls_scores"], b["cls_scores"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(logits_xla, logits_dpa, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_implementation_is_rejected():
+  q, k, v = _qkv(2)
+  with pytest.raises(ValueError, match="attention implementation"):
+    attention.attend(q, k, v, implementation="flash")
