@@ -1,0 +1,1 @@
+"""Micro-benchmarks; run as scripts (python benchmarks/NAME.py) or modules."""
