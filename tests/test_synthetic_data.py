@@ -163,7 +163,7 @@ def test_prepare_is_offline_and_readable(prepared_twice):
   builders, attempts = prepared_twice
   assert attempts == []
   builder = builders[0]
-  assert builder.info.full_name == "skipvit_shapes/s48_train50_test20_seed3/1.0.0"
+  assert builder.info.full_name == f"skipvit_shapes/s48_train50_test20_seed3/{synthetic.SkipvitShapes.VERSION}"
   train, test = builder.as_data_source("train"), builder.as_data_source("test")
   assert (len(train), len(test)) == (NUM_TRAIN, NUM_TEST)
   example = train[0]
