@@ -1,0 +1,87 @@
+"""The fields every training config has, each commented once here; config files override."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'row=6-55-11,baseline' -> {row: '6-55-11', baseline: True} over `defaults`.
+
+  A bare word sets a boolean flag; values keep the type of their default."""
+  parsed = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"config argument {key!r}: allowed keys are {sorted(defaults)}")
+    if not sep:
+      parsed[key] = True
+    elif isinstance(defaults[key], bool):
+      parsed[key] = value.lower() in ("1", "true", "yes")
+    else:
+      parsed[key] = type(defaults[key])(value) if defaults[key] is not None else value
+  return ml_collections.ConfigDict(parsed)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # parameters, data order, augmentation and dropout all derive from it
+
+  config.model = ml_collections.ConfigDict()
+  config.model.variant = "S/16"  # "<size>/<patch>": Te (testing), Ti, S, B, L
+  config.model.dropout_rate = 0.0  # dropout after embedding, attention and MLP
+  config.model.stochastic_depth = 0.0  # drop-path rate of the last block (0 at the first)
+  config.model.attention = "xla"  # attention implementation (skipvit_jax/attention.py)
+  config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
+
+  # SkipViT routing (skipvit_jax/routing.py); 1-based layers as in the paper. No drop layers
+  # = a dense ViT.
+  config.routing = ml_collections.ConfigDict()
+  config.routing.drop_layers = ()  # layers that drop tokens, increasing
+  config.routing.drop_ratios = ()  # fraction dropped at each drop layer, in [0, 1)
+  config.routing.return_layer = 0  # layer before which dropped tokens return (0 = none)
+  config.routing.mode = "skip"  # "skip" (SkipViT), "fused" (EViT token), "drop"
+  config.routing.drop_point = "after_attention"  # or "block_input"
+  config.routing.ratio_of = "present"  # ratios of the tokens present, or "original"
+  config.routing.fuse_normalize = False  # "fused": normalise the fusion weights
+  config.drop_warmup_epochs = 0.0  # train with all tokens this long before routing
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "synthetic"  # "synthetic" or a TFDS name ("imagenet2012", "cifar10")
+  config.data.data_dir = ""  # TFDS data dir ("" = TFDS default; synthetic: ~/.cache)
+  config.data.image_size = 224  # model input side in pixels
+  config.data.train_split = "train"  # TFDS split names
+  config.data.eval_split = "validation"
+  config.data.num_threads = 8  # loader threads per host
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.num_train = 20_000  # examples generated for the synthetic dataset
+  config.data.synthetic.num_test = 2_000
+  config.data.synthetic.seed = 0  # generation seed (independent of config.seed)
+
+  config.batch_size = 1024  # global, split over all devices (must divide evenly)
+  config.eval_batch_size = 1024  # global
+  config.num_epochs = 300.0  # training length ...
+  config.num_train_steps = -1  # ... or, when > 0, in steps
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.lr = 1e-3  # peak learning rate
+  config.optimizer.warmup_lr = 1e-6  # learning rate at step 0
+  config.optimizer.warmup_epochs = 5.0  # linear warm-up to lr, then cosine decay ...
+  config.optimizer.min_lr = 1e-5  # ... to min_lr at the last step
+  config.optimizer.weight_decay = 0.05  # AdamW decoupled weight decay (not on biases/norms)
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
+  config.optimizer.grad_clip_norm = 0.0  # global-norm clipping; 0 = off
+
+  config.label_smoothing = 0.1
+  config.mixup_alpha = 0.8  # Beta(alpha, alpha) mixup; 0 = off
+  config.cutmix_alpha = 1.0  # cutmix; 0 = off
+  config.mix_switch_prob = 0.5  # chance of cutmix when both are on
+
+  config.log_every_steps = 100  # progress line and train metrics cadence
+  config.eval_every_epochs = 1.0  # evaluation cadence (and always at the end)
+  config.checkpoint_every_steps = 1000  # checkpoint cadence (and always at the end)
+  config.keep_checkpoints = 3  # checkpoints kept in workdir/checkpoints
+  config.stop_after_step = -1  # >= 0: checkpoint and stop there, as if pre-empted
+  return config

@@ -1,0 +1,27 @@
+"""Trains a ViT (dense, SkipViT or ToE) from a config file.
+
+  python main.py --config configs/default.py --workdir /tmp/skipvit
+  python main.py --config configs/default.py:baseline --workdir /tmp/dense
+  python main.py --config configs/default.py --config.routing.drop_ratios='(0.5,)' --workdir ...
+
+Rerunning with the same --workdir resumes from its latest checkpoint.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from skipvit_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,252 @@
+"""Input pipeline: TFDS data sources read with grain, sharded per host, resumable by step.
+
+Training order is a pure function of (seed, step): epoch e visits the examples in the
+permutation `default_rng([seed, e]).permutation(n)`, global step s takes the next
+`global_batch` of them (the last incomplete batch of an epoch is dropped, as DeiT does), and
+host h of H takes its contiguous `global_batch / H` slice. Augmentation draws from
+`default_rng([seed, step, slot])`, slot being the example's place in the global batch. A run
+restarted at step s therefore sees exactly the batches an uninterrupted run would have, on any
+number of loader threads or hosts.
+
+Evaluation covers the split exactly once: the split is padded to a whole number of global
+batches and every example carries `valid` (1.0, or 0.0 for padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+
+from skipvit_jax.data import transforms
+
+SYNTHETIC = "synthetic"
+# Where the synthetic dataset is generated when config.data.data_dir is empty.
+SYNTHETIC_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "skipvit_jax", "datasets")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str
+  num_classes: int
+  num_train: int
+  num_eval: int
+  has_object_masks: bool  # examples carry "mask": the object's (H, W) pixel mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+  train: Any  # random-access data source: len() and [i] -> example dict
+  eval: Any
+  info: DatasetInfo
+
+
+def load_sources(data_config) -> Sources:
+  """Opens the configured dataset; raises ValueError naming the field if it is unavailable."""
+  if data_config.name == SYNTHETIC:
+    from skipvit_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
+    builder = synthetic.prepare(
+        data_config.data_dir or SYNTHETIC_CACHE, image_size=data_config.image_size,
+        num_train=data_config.synthetic.num_train, num_test=data_config.synthetic.num_test,
+        seed=data_config.synthetic.seed,
+    )
+    source = builder.as_data_source()
+    train, evaluation = source["train"], source["test"]
+    return Sources(train, evaluation, DatasetInfo(
+        SYNTHETIC, synthetic.NUM_CLASSES, len(train), len(evaluation), True))
+  return _load_tfds_sources(data_config)
+
+
+def _load_tfds_sources(data_config) -> Sources:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  name = data_config.name
+  try:
+    builder = tfds.builder(name, data_dir=data_config.data_dir or None)
+  except Exception as e:  # unknown name: tfds raises its own DatasetNotFoundError
+    raise ValueError(
+        f"config.data.name: unknown dataset {name!r}: use {SYNTHETIC!r} or a TFDS dataset name "
+        f"(e.g. 'imagenet2012', 'cifar10', 'imagenette'); see docs/datasets.md. ({e})"
+    ) from None
+  if not builder.is_prepared():
+    raise ValueError(
+        f"config.data.name: dataset {name!r} is not prepared in "
+        f"{data_config.data_dir or '~/tensorflow_datasets'}. Prepare it once with\n"
+        f"  tfds build {name} --file_format=array_record"
+        f"{' --data_dir=' + data_config.data_dir if data_config.data_dir else ''}\n"
+        "(ImageNet needs its archives downloaded by hand first; see docs/datasets.md)."
+    )
+  try:
+    sources = builder.as_data_source()
+  except Exception as e:
+    raise ValueError(
+        f"config.data.name: {name!r} is prepared but not in array_record format, which "
+        f"reading without TensorFlow needs: rebuild with "
+        f"`tfds build {name} --file_format=array_record` ({e})"
+    ) from None
+  for field in ("train_split", "eval_split"):
+    split = getattr(data_config, field)
+    if split.split("[")[0] not in sources:
+      raise ValueError(f"config.data.{field}: {name!r} has splits {sorted(sources)}, got {split!r}")
+  train = tfds.data_source(name, split=data_config.train_split, data_dir=data_config.data_dir or None)
+  evaluation = tfds.data_source(name, split=data_config.eval_split, data_dir=data_config.data_dir or None)
+  label = builder.info.features["label"]
+  return Sources(train, evaluation, DatasetInfo(name, label.num_classes, len(train), len(evaluation), False))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-example preprocessing.
+
+
+def _preprocess(example: dict, rng: np.random.Generator | None, *, synthetic: bool,
+                image_size: int) -> dict:
+  """One example -> {"image": (S, S, 3) float32, "label": int32[, "mask": (S, S) uint8]}.
+
+  rng is None for evaluation (deterministic preprocessing)."""
+  image = np.asarray(example["image"])
+  if synthetic:
+    out = {"image": transforms.normalize(
+        transforms.random_flip(rng, image) if rng is not None else image,
+        transforms.HALF, transforms.HALF)}
+    if rng is None:
+      out["mask"] = np.asarray(example["mask"], np.uint8)
+  else:
+    if image.ndim == 2 or image.shape[-1] == 1:
+      image = np.broadcast_to(image.reshape(image.shape[:2] + (1,)), image.shape[:2] + (3,))
+    if rng is not None:
+      image = transforms.random_flip(rng, transforms.random_resized_crop(rng, image, image_size))
+    else:
+      image = transforms.resize_center_crop(image, image_size)
+    out = {"image": transforms.normalize(image, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)}
+  out["label"] = np.int32(example["label"])
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training batches.
+
+
+def steps_per_epoch(num_train: int, global_batch: int) -> int:
+  """Whole global batches per epoch; the incomplete last batch is dropped, as in DeiT."""
+  return num_train // global_batch
+
+
+class _TrainIndices:
+  """Random access over this host's stream of (step, slot, example index)."""
+
+  def __init__(self, num_examples: int, global_batch: int, process_index: int,
+               process_count: int, seed: int, total_steps: int):
+    self.host_batch = global_batch // process_count
+    self.steps_per_epoch = steps_per_epoch(num_examples, global_batch)
+    self._offset = process_index * self.host_batch
+    self._global_batch = global_batch
+    self._num_examples = num_examples
+    self._seed = seed
+    self._total_steps = total_steps
+
+  def __len__(self) -> int:
+    return self._total_steps * self.host_batch
+
+  @functools.lru_cache(maxsize=2)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self._seed, epoch]).permutation(self._num_examples)
+
+  def __getitem__(self, k: int) -> tuple[int, int, int]:
+    """-> (step, slot in the global batch, example index)."""
+    step, host_slot = divmod(k, self.host_batch)
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    slot = self._offset + host_slot
+    return step, slot, int(self._permutation(epoch)[step_in_epoch * self._global_batch + slot])
+
+
+def train_batches(
+    source, info: DatasetInfo, *, global_batch: int, image_size: int, seed: int,
+    start_step: int, total_steps: int, process_index: int = 0, process_count: int = 1,
+    num_threads: int = 8, prefetch: int = 2,
+) -> Iterator[dict]:
+  """This host's training batches for steps start_step..total_steps-1.
+
+  Yields {"image": (host_batch, S, S, 3) float32, "label": (host_batch,) int32}."""
+  indices = _TrainIndices(info.num_train, global_batch, process_index, process_count, seed,
+                          total_steps)
+  if indices.steps_per_epoch < 1:
+    raise ValueError(
+        f"config.batch_size: {global_batch} is larger than the training split "
+        f"({info.num_train} examples)"
+    )
+  synthetic = info.name == SYNTHETIC
+
+  def load(item):
+    step, slot, index = item
+    rng = np.random.default_rng([seed, step, slot])
+    return _preprocess(source[index], rng, synthetic=synthetic, image_size=image_size)
+
+  dataset = (
+      grain.MapDataset.source(indices)[start_step * indices.host_batch:]
+      .map(load)
+      .batch(indices.host_batch, drop_remainder=True)
+  )
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch * indices.host_batch)
+  return iter(dataset.to_iter_dataset(read))
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation batches.
+
+
+class _EvalIndices:
+  """This host's share of the padded eval split: global element g is example g if g < n,
+  else padding; host h takes slots [h * host_batch, (h + 1) * host_batch) of every batch."""
+
+  def __init__(self, num_examples: int, global_batch: int, process_index: int, process_count: int):
+    self.host_batch = global_batch // process_count
+    self.num_batches = math.ceil(num_examples / global_batch)
+    self._global_batch = global_batch
+    self._offset = process_index * self.host_batch
+    self._num_examples = num_examples
+
+  def __len__(self) -> int:
+    return self.num_batches * self.host_batch
+
+  def __getitem__(self, k: int) -> int:
+    batch, slot = divmod(k, self.host_batch)
+    g = batch * self._global_batch + self._offset + slot
+    return g if g < self._num_examples else -1
+
+
+def eval_batches(
+    source, info: DatasetInfo, *, global_batch: int, image_size: int,
+    process_index: int = 0, process_count: int = 1, num_threads: int = 8,
+) -> Iterator[dict]:
+  """This host's eval batches; every host yields the same number of them.
+
+  Yields {"image", "label", "valid": (host_batch,) float32[, "mask": (host_batch, S, S)]}."""
+  indices = _EvalIndices(info.num_eval, global_batch, process_index, process_count)
+  synthetic = info.name == SYNTHETIC
+  padding = None
+
+  def load(index):
+    nonlocal padding
+    if index >= 0:
+      out = _preprocess(source[index], None, synthetic=synthetic, image_size=image_size)
+      out["valid"] = np.float32(1.0)
+      return out
+    if padding is None:
+      padding = _zeros_like(
+          _preprocess(source[0], None, synthetic=synthetic, image_size=image_size))
+      padding["valid"] = np.float32(0.0)
+    return padding
+
+  dataset = grain.MapDataset.source(indices).map(load).batch(indices.host_batch)
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * indices.host_batch)
+  return iter(dataset.to_iter_dataset(read))
+
+
+def _zeros_like(example: dict) -> dict:
+  return {k: np.zeros_like(v) for k, v in example.items()}

@@ -1,0 +1,81 @@
+"""Evaluation: exact top-1 / top-5 / loss over a split, and kept-object recall.
+
+Metrics are accumulated as sums with an example count (padding has weight 0), summed over
+devices with `psum` and over batches on the host, so averages are exact for any split size.
+
+Kept-object recall (synthetic data, which carries object masks): at each drop layer, the
+fraction of the patches overlapping the object that the layer kept. Selecting patches at
+random scores the keep ratio K / P; a model that learned where the object is scores higher.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from skipvit_jax import parallel
+
+AXIS = parallel.AXIS
+
+
+def patch_overlap(mask: jax.Array, patch_size: int) -> jax.Array:
+  """mask: (B, S, S) object pixels -> (B, P) bool, patches in row-major order (as the ViT)."""
+  batch, size = mask.shape[0], mask.shape[1]
+  side = size // patch_size
+  patches = mask.reshape(batch, side, patch_size, side, patch_size)
+  return jnp.any(patches > 0, axis=(2, 4)).reshape(batch, side * side)
+
+
+def eval_step(params, batch: dict, *, model: nn.Module, with_recall: bool) -> dict:
+  """Summed metrics of one device's batch, psum'ed over the `batch` axis.
+
+  batch: image (b, S, S, 3), label (b,), valid (b,) in {0, 1}, mask (b, S, S) if with_recall.
+  """
+  logits, aux = model.apply({"params": params}, batch["image"], train=False)
+  labels, valid = batch["label"], batch["valid"]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  # An example is in the top k when fewer than k classes score strictly higher.
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)
+  rank = jnp.sum(logits > label_logit, axis=1)
+  sums = {
+      "count": jnp.sum(valid),
+      "loss": jnp.sum(loss * valid),
+      "top1": jnp.sum((rank < 1) * valid),
+      "top5": jnp.sum((rank < 5) * valid),
+  }
+  if with_recall:
+    on_object = patch_overlap(batch["mask"], model.dims.patch_size)  # (b, P)
+    sums["object_patches"] = jnp.sum(on_object * valid[:, None])
+    for i, record in enumerate(aux["routing"]):
+      positions = record["kept_positions"]  # (b, K); -1 marks a fused token
+      kept_on_object = jnp.take_along_axis(on_object, jnp.maximum(positions, 0), axis=1)
+      kept_on_object &= positions >= 0
+      sums[f"kept_object_patches_{i}"] = jnp.sum(kept_on_object * valid[:, None])
+  return jax.lax.psum(sums, AXIS)
+
+
+def summarize(sums: dict, *, keep_ratios: tuple[float, ...] = ()) -> dict[str, float]:
+  """Host-side: averages from the summed metrics."""
+  count = float(sums["count"])
+  out = {name: float(sums[name]) / count for name in ("loss", "top1", "top5")}
+  out["num_examples"] = count
+  for i, ratio in enumerate(keep_ratios):
+    key = f"kept_object_patches_{i}"
+    if key in sums:
+      out[f"kept_object_recall_{i}"] = float(sums[key]) / max(float(sums["object_patches"]), 1.0)
+      out[f"keep_ratio_{i}"] = ratio
+  return out
+
+
+def accumulate(step_fn, params, batches: Iterable[dict]) -> dict:
+  """Runs a pmapped eval step over sharded batches and adds the (replicated) sums."""
+  total = None
+  for batch in batches:
+    sums = jax.tree.map(lambda x: x.astype(np.float64), parallel.unreplicate(step_fn(params, batch)))
+    total = sums if total is None else jax.tree.map(np.add, total, sums)
+  return total

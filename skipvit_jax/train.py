@@ -1,0 +1,370 @@
+"""The trainer: `train_and_evaluate(config, workdir)`.
+
+Data parallel with `jax.pmap` over the local devices (gradients averaged with `pmean` over
+every device of every host). Each training phase (see schedule.py) is one compiled step,
+compiled when the phase is first reached. The RNG of step s is `fold_in(key(seed), s)`, and
+the data order is a function of (seed, step) (data/pipeline.py), so restoring the step from a
+checkpoint restores the RNG and the data position with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from skipvit_jax import (augment, checkpointing, distributed, evaluate, flops, optim, parallel,
+                         schedule)
+from skipvit_jax.data import pipeline
+from skipvit_jax.metric_writer import MetricWriter
+from skipvit_jax.models.vit import ViT
+from skipvit_jax.routing import RoutingConfig
+
+AXIS = parallel.AXIS
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  params: Any
+  opt_state: Any
+
+
+class NonFiniteError(FloatingPointError):
+  """Raised when a step produces a NaN/inf loss or gradient."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration checks: everything here runs before any compilation.
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                routing: RoutingConfig | None = None) -> ViT:
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype: must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
+  return ViT(
+      variant=config.model.variant,
+      num_classes=num_classes,
+      image_size=config.data.image_size,
+      dropout_rate=config.model.dropout_rate,
+      stochastic_depth=config.model.stochastic_depth,
+      routing=routing if routing is not None else routing_config(config),
+      attention=config.model.attention,
+      dtype=DTYPES[config.model.dtype],
+  )
+
+
+def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
+  r = config.routing
+  return RoutingConfig(
+      drop_layers=tuple(r.drop_layers), drop_ratios=tuple(r.drop_ratios),
+      return_layer=r.return_layer if r.return_layer else None, mode=r.mode,
+      drop_point=r.drop_point, ratio_of=r.ratio_of, fuse_normalize=r.fuse_normalize,
+  )
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict) -> None:
+  devices = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    size = config[field]
+    if size < 1 or size % devices:
+      raise ValueError(
+          f"config.{field}: must be a positive multiple of the {devices} devices "
+          f"({jax.process_count()} processes x {jax.local_device_count()} local), got {size}"
+      )
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return max(int(round(config.num_epochs * steps_per_epoch)), 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Steps (run under pmap).
+
+
+def train_step(
+    state: TrainState, batch: dict, *, model: ViT, optimizer: optax.GradientTransformation,
+    learning_rate: optax.Schedule, config: ml_collections.ConfigDict, seed: int,
+) -> tuple[TrainState, dict]:
+  """One optimisation step on this device's shard of the global batch.
+
+  batch: image (b, S, S, 3) float32, label (b,) int32.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
+                           jax.lax.axis_index(AXIS))
+  rng_mix, rng_dropout = jax.random.split(rng)
+  targets = augment.soft_targets(batch["label"], model.num_classes, config.label_smoothing)
+  images, targets = augment.mix_batch(
+      rng_mix, batch["image"], targets, mixup_alpha=config.mixup_alpha,
+      cutmix_alpha=config.cutmix_alpha, switch_prob=config.mix_switch_prob,
+  )
+
+  def loss_fn(params):
+    logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng_dropout})
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  loss, grads = jax.lax.pmean((loss, grads), AXIS)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A blown-up step is not applied: the host stops on `finite` with the last good state.
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                           state.replace(step=state.step + 1))
+  metrics = {
+      "loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_state.params),
+      "learning_rate": learning_rate(state.step), "finite": finite,
+  }
+  return new_state, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Host-side helpers.
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class _StopRequest:
+  """SIGTERM (pre-emption, `kill`) asks the loop to checkpoint and return at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one.
+
+  Returns the final evaluation metrics.
+  """
+  distributed.maybe_initialize()
+  # ---- everything that can reject the config, before compiling anything
+  check_batch_sizes(config)
+  sources = pipeline.load_sources(config.data)
+  info = sources.info
+  model = build_model(config, info.num_classes)
+  dense_model = model.clone(routing=RoutingConfig())
+  steps_per_epoch = pipeline.steps_per_epoch(info.num_train, config.batch_size)
+  if steps_per_epoch < 1:
+    raise ValueError(
+        f"config.batch_size: {config.batch_size} exceeds the {info.num_train} training examples"
+    )
+  total_steps = total_train_steps(config, steps_per_epoch)
+  phases = schedule.make_phases(
+      routing=model.routing, total_steps=total_steps,
+      drop_warmup_steps=int(round(config.drop_warmup_epochs * steps_per_epoch)),
+  )
+  learning_rate = optim.learning_rate_schedule(
+      base_lr=config.optimizer.lr, warmup_lr=config.optimizer.warmup_lr,
+      warmup_steps=int(round(config.optimizer.warmup_epochs * steps_per_epoch)),
+      total_steps=total_steps, min_lr=config.optimizer.min_lr,
+  )
+  optimizer = optim.make_optimizer(config.optimizer, learning_rate)
+  keep_ratios = tuple(s.num_keep / model.num_patches
+                      for s in model.routing.plan(model.dims.depth, model.num_patches).stages)
+
+  macs = flops.forward_macs(model.variant, image_size=model.image_size,
+                            num_classes=model.num_classes, routing=model.routing)
+  ideal = flops.ideal_speedup(model.variant, image_size=model.image_size,
+                              num_classes=model.num_classes, routing=model.routing)
+  logging.info("config:\n%s", config)
+  logging.info("devices: %d (%d per process, %d processes), kind %s", jax.device_count(),
+               jax.local_device_count(), jax.process_count(), jax.devices()[0].device_kind)
+  logging.info("data: %s, %d train / %d eval examples, %d steps per epoch, %d steps",
+               info.name, info.num_train, info.num_eval, steps_per_epoch, total_steps)
+  logging.info("routing %s: %.3f GMACs per image forward, FLOP-ideal speedup %.3fx",
+               model.routing, macs.total / 1e9, ideal)
+  for phase in phases:
+    logging.info("phase %-12s steps %d..%d", phase.name, phase.start_step, phase.end_step - 1)
+
+  # ---- state: fresh or restored
+  rng_init = jax.random.key(config.seed)
+  dummy = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
+  params = jax.jit(lambda r: dense_model.init(r, dummy, train=False)["params"])(rng_init)
+  state = TrainState(jnp.int32(0), params, optimizer.init(params))
+  checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+  restored = checkpoints.restore_latest(jax.device_get(state))
+  if restored is not None:
+    state = restored
+    logging.info("resumed from the checkpoint at step %d", int(state.step))
+  start_step = int(state.step)
+  state = parallel.replicate(state)
+
+  writer = MetricWriter(workdir)
+  if start_step == 0:
+    writer.write_text(0, "config", str(config))
+    writer.write(0, {"flops/forward_gmacs": macs.total / 1e9, "flops/ideal_speedup": ideal})
+
+  # ---- compiled steps, one per phase key, created on first use
+  step_fns: dict[tuple, Any] = {}
+
+  def step_fn_for(phase: schedule.Phase):
+    if phase.key not in step_fns:
+      step_fns[phase.key] = jax.pmap(
+          functools.partial(
+              train_step, model=model.clone(routing=phase.routing), optimizer=optimizer,
+              learning_rate=learning_rate, config=config, seed=config.seed,
+          ),
+          axis_name=AXIS, donate_argnums=(0,),
+      )
+    return step_fns[phase.key]
+
+  eval_fns = {
+      "": jax.pmap(functools.partial(evaluate.eval_step, model=model,
+                                     with_recall=info.has_object_masks and model.routing.routes),
+                   axis_name=AXIS),
+  }
+  if model.routing.routes:
+    eval_fns["_all_tokens"] = jax.pmap(
+        functools.partial(evaluate.eval_step, model=dense_model, with_recall=False), axis_name=AXIS)
+
+  def run_eval(step: int) -> dict[str, float]:
+    results = {}
+    for suffix, fn in eval_fns.items():
+      batches = pipeline.eval_batches(
+          sources.eval, info, global_batch=config.eval_batch_size,
+          image_size=model.image_size, process_index=jax.process_index(),
+          process_count=jax.process_count(), num_threads=config.data.num_threads,
+      )
+      sums = evaluate.accumulate(fn, state.params, map(parallel.shard, batches))
+      summary = evaluate.summarize(sums, keep_ratios=keep_ratios if not suffix else ())
+      results.update({f"eval/{k}{suffix}": v for k, v in summary.items()})
+    writer.write(step, results)
+    logging.info("eval at step %d: %s", step, json.dumps({k: round(v, 4) for k, v in results.items()}))
+    return results
+
+  eval_every = max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
+  stop_after = config.stop_after_step if config.stop_after_step >= 0 else total_steps
+
+  # ---- the loop
+  batches = pipeline.train_batches(
+      sources.train, info, global_batch=config.batch_size, image_size=model.image_size,
+      seed=config.seed, start_step=start_step, total_steps=total_steps,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_threads=config.data.num_threads,
+  )
+  images_per_step = config.batch_size
+  # Loss is averaged over every step between log lines; throughput only over steady steps
+  # (a phase's first step, which compiles, and eval/checkpoint pauses are left out).
+  window = {"loss": 0.0, "steps": 0, "timed_steps": 0, "start": time.perf_counter(),
+            "excluded": 0.0}
+  steady = {"images": 0, "seconds": 0.0}
+  pending = None  # (step, metrics) of the previous step, read while the current one runs
+  final_eval: dict[str, float] = {}
+  step = start_step
+
+  def restart_timing() -> None:
+    window.update(timed_steps=0, start=time.perf_counter(), excluded=0.0)
+
+  def finish_step(step_done: int, metrics, *, timed: bool = True) -> None:
+    metrics = parallel.unreplicate(metrics)
+    if not metrics["finite"]:
+      raise NonFiniteError(
+          f"step {step_done}: loss or gradient is not finite (loss={metrics['loss']}, "
+          f"grad_norm={metrics['grad_norm']}); stopping. The update of this step was not "
+          f"applied; the latest checkpoint is at step {checkpoints.latest_step()}."
+      )
+    window["steps"] += 1
+    window["timed_steps"] += int(timed)
+    window["loss"] += float(metrics["loss"])
+    if step_done % config.log_every_steps and step_done != total_steps:
+      return
+    record = {
+        "train/loss": window["loss"] / window["steps"],
+        "train/learning_rate": float(metrics["learning_rate"]),
+        "train/grad_norm": float(metrics["grad_norm"]),
+        "train/param_norm": float(metrics["param_norm"]),
+        "train/epoch": step_done / steps_per_epoch,
+    }
+    rate_text = "n/a"
+    if window["timed_steps"]:
+      elapsed = time.perf_counter() - window["start"] - window["excluded"]
+      record["train/images_per_sec"] = window["timed_steps"] * images_per_step / elapsed
+      steady["images"] += window["timed_steps"] * images_per_step
+      steady["seconds"] += elapsed
+      rate_text = f"{record['train/images_per_sec']:.1f}"
+    eta = (total_steps - step_done) * images_per_step * steady["seconds"] / max(steady["images"], 1)
+    logging.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  img/s %s  ETA %s", step_done,
+                 total_steps, record["train/epoch"], record["train/loss"],
+                 record["train/learning_rate"], rate_text, _format_duration(eta))
+    writer.write(step_done, record)
+    window.update(loss=0.0, steps=0)
+    restart_timing()
+
+  with _StopRequest() as stop_request:
+    while step < total_steps:
+      phase = schedule.phase_at(phases, step)
+      compiled = phase.key in step_fns
+      step_fn = step_fn_for(phase)
+      batch = parallel.shard(next(batches))
+      state, metrics = step_fn(state, batch)
+      if pending is not None:
+        finish_step(*pending)
+      pending = (step + 1, metrics)
+      step += 1
+      if not compiled:  # keep compile time out of the throughput figures
+        jax.block_until_ready(metrics)
+        logging.info("compiled the train step of phase %s at step %d", phase.name, step)
+        restart_timing()
+        finish_step(*pending, timed=False)
+        pending = None
+      paused_at = time.perf_counter()
+      at_eval = step % eval_every == 0 or step == total_steps
+      at_checkpoint = step % config.checkpoint_every_steps == 0 or step == total_steps
+      stopping = step >= stop_after or stop_request.requested
+      if at_eval or at_checkpoint or stopping:
+        if pending is not None:
+          finish_step(*pending)
+          pending = None
+        if at_eval:
+          final_eval = run_eval(step)
+        if at_checkpoint or stopping:
+          checkpoints.save(step, parallel.unreplicate(state))
+        window["excluded"] += time.perf_counter() - paused_at
+      if stopping and step < total_steps:
+        logging.info("stopping at step %d as requested; rerun to resume", step)
+        break
+
+  checkpoints.close()
+  if steady["seconds"] > 0:
+    rate = steady["images"] / steady["seconds"]
+    writer.write(step, {"train/steady_images_per_sec": rate})
+    logging.info("steady-state training throughput: %.1f images/s", rate)
+  writer.close()
+  return final_eval

@@ -1,0 +1,187 @@
+"""The trainer end to end: main.py, resume, phases, exact evaluation, config errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from skipvit_jax import train
+from skipvit_jax.checkpointing import Checkpoints
+from skipvit_jax.data import pipeline
+from tests.jax_testing import count_compilations
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_TRAIN, NUM_TEST = 128, 50  # 50 is not a multiple of the eval batch
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir, **overrides):
+  """default.py shrunk to seconds: 4 steps per epoch of batch 32, 50 eval examples."""
+  config = default.get_config()
+  config.data.data_dir = data_dir
+  config.data.synthetic.num_train = NUM_TRAIN
+  config.data.synthetic.num_test = NUM_TEST
+  config.data.num_threads = 2
+  config.batch_size = 32
+  config.eval_batch_size = 16
+  config.num_epochs = 2.0
+  config.drop_warmup_epochs = 1.0
+  config.optimizer.warmup_epochs = 0.5
+  config.log_every_steps = 2
+  config.eval_every_epochs = 2.0
+  config.checkpoint_every_steps = 4
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _final_params(workdir):
+  checkpoints = Checkpoints(str(workdir), keep=3)
+  step = checkpoints.latest_step()
+  restored = checkpoints._manager.restore(step)  # pylint: disable=protected-access
+  checkpoints.close()
+  return step, restored["params"]
+
+
+def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=str(REPO))
+  args = [
+      sys.executable, str(REPO / "main.py"), f"--config={REPO / 'configs/default.py'}",
+      f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+      f"--config.data.synthetic.num_train={NUM_TRAIN}",
+      f"--config.data.synthetic.num_test={NUM_TEST}",
+      "--config.batch_size=32", "--config.eval_batch_size=16", "--config.num_epochs=2",
+      "--config.drop_warmup_epochs=1", "--config.log_every_steps=2",
+      "--config.eval_every_epochs=1", "--config.data.num_threads=2",
+  ]
+  result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "devices: 2" in result.stderr
+  records = _records(workdir)
+  train_records = [r for r in records if "train/loss" in r]
+  eval_records = [r for r in records if "eval/top1" in r]
+  assert [r["step"] for r in train_records] == [2, 4, 6, 8]
+  assert all(np.isfinite(r["train/loss"]) for r in train_records)
+  timed = [r["train/images_per_sec"] for r in train_records if "train/images_per_sec" in r]
+  assert timed and all(rate > 0 for rate in timed)
+  assert [r["step"] for r in eval_records] == [4, 8]
+  for r in eval_records:
+    assert r["eval/num_examples"] == NUM_TEST and r["eval/num_examples_all_tokens"] == NUM_TEST
+    assert 0 <= r["eval/top1_all_tokens"] <= 1 and 0 <= r["eval/kept_object_recall_0"] <= 1
+  assert any("train/steady_images_per_sec" in r for r in records)
+  assert (workdir / "checkpoints" / "8").is_dir()
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
+  config = tiny_config(data_dir, eval_every_epochs=10.0)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  interrupted = tiny_config(data_dir, eval_every_epochs=10.0, stop_after_step=3)
+  train.train_and_evaluate(interrupted, str(tmp_path / "resumed"))
+  assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 3
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))  # picks up at step 3
+  step_a, params_a = _final_params(tmp_path / "straight")
+  step_b, params_b = _final_params(tmp_path / "resumed")
+  assert step_a == step_b == 8
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, monkeypatch):
+  traced_routings = []
+  original = train.train_step
+
+  def counting_train_step(state, batch, **kwargs):  # runs only while tracing
+    traced_routings.append(kwargs["model"].routing)
+    return original(state, batch, **kwargs)
+
+  monkeypatch.setattr(train, "train_step", counting_train_step)
+  with count_compilations("_fun") as compiles:  # pmap's programs
+    train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
+  assert [r.routes for r in traced_routings] == [False, True]  # warm-up, then routed
+  # Two train steps and two eval steps (routed and all tokens), over 8 steps.
+  assert compiles[0] == 4, compiles[1]
+
+
+def test_nonfinite_loss_stops_naming_the_step(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{"optimizer.lr": 1e30, "optimizer.warmup_epochs": 0.0})
+  with pytest.raises(train.NonFiniteError, match=r"step \d+: loss or gradient is not finite"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_eval_batches_cover_the_split_exactly_once_across_hosts(data_dir):
+  config = tiny_config(data_dir)
+  sources = pipeline.load_sources(config.data)
+  seen = []
+  counts = []
+  for host in range(2):
+    batches = list(pipeline.eval_batches(
+        sources.eval, sources.info, global_batch=16, image_size=32, process_index=host,
+        process_count=2, num_threads=1))
+    counts.append(len(batches))
+    for batch in batches:
+      assert batch["image"].shape == (8, 32, 32, 3)
+      seen.extend(
+          tuple(image.ravel()[:8]) for image, valid in zip(batch["image"], batch["valid"]) if valid)
+  assert counts[0] == counts[1] == 4  # ceil(50 / 16), the same on every host
+  everything = [tuple(pipeline._preprocess(sources.eval[i], None, synthetic=True, image_size=32)
+                      ["image"].ravel()[:8]) for i in range(NUM_TEST)]
+  assert sorted(seen) == sorted(everything)
+
+
+def test_train_batches_shard_disjointly_and_resume_by_step(data_dir):
+  config = tiny_config(data_dir)
+  sources = pipeline.load_sources(config.data)
+
+  def labels_of(host, start, hosts=2):
+    it = pipeline.train_batches(
+        sources.train, sources.info, global_batch=32, image_size=32, seed=0, start_step=start,
+        total_steps=6, process_index=host, process_count=hosts, num_threads=1)
+    return [b["image"][:, 0, 0, 0].tolist() for b in it]
+
+  one_host = labels_of(0, 0, hosts=1)
+  two_hosts = [labels_of(0, 0), labels_of(1, 0)]
+  for step in range(6):
+    assert two_hosts[0][step] + two_hosts[1][step] == one_host[step]
+  assert labels_of(1, 2) == two_hosts[1][2:]
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"batch_size": 33}, "config.batch_size"),
+        ({"eval_batch_size": 15}, "config.eval_batch_size"),
+        ({"data.name": "no_such_dataset_anywhere"}, "config.data.name"),
+        ({"routing.return_layer": 5}, "RoutingConfig.return_layer"),
+        ({"routing.drop_ratios": (1.2,)}, "RoutingConfig.drop_ratios"),
+        ({"model.variant": "Q/4"}, "model variant"),
+        ({"model.dtype": "float16"}, "config.model.dtype"),
+    ],
+)
+def test_bad_config_fails_before_compiling(data_dir, tmp_path, overrides, field):
+  assert jax.device_count() == 2  # conftest's fake devices: 33 and 15 do not divide
+  with count_compilations() as compiles:
+    with pytest.raises(ValueError, match=field):
+      train.train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path))
+  assert compiles[0] == 0
