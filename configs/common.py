@@ -46,16 +46,25 @@ def base_config() -> ml_collections.ConfigDict:
   config.routing.fuse_normalize = False  # "fused": normalise the fusion weights
   config.drop_warmup_epochs = 0.0  # train with all tokens this long before routing
 
+  # ToE token expansion after layer 1 (skipvit_jax/toe.py); stages start at given epochs.
+  config.toe = ml_collections.ConfigDict()
+  config.toe.enabled = False  # off: no ToE
+  config.toe.expansion_epochs = (0, 100, 200)  # 0-based epoch at which each stage starts
+  config.toe.keep_rates = (0.5, 0.75, 1.0)  # kept fraction of patch tokens per stage
+  config.toe.init_rate = 0.25  # seed rate r0 (stride int(1 // r0))
+  config.toe.substeps = 2  # expansion sub-steps per stage (the paper's repetition step)
+  config.toe.sparse_eval = False  # evaluate with the current stage's reduction (else all tokens)
+
   config.data = ml_collections.ConfigDict()
   config.data.name = "synthetic"  # "synthetic" or a TFDS name ("imagenet2012", "cifar10")
   config.data.data_dir = ""  # TFDS data dir ("" = TFDS default; synthetic: ~/.cache)
   config.data.image_size = 224  # model input side in pixels
   config.data.train_split = "train"  # TFDS split names
-  config.data.eval_split = "validation"
+  config.data.eval_split = "validation"  # (the synthetic dataset's are "train" and "test")
   config.data.num_threads = 8  # loader threads per host
   config.data.synthetic = ml_collections.ConfigDict()
-  config.data.synthetic.num_train = 20_000  # examples generated for the synthetic dataset
-  config.data.synthetic.num_test = 2_000
+  config.data.synthetic.num_train = 20_000  # synthetic examples generated for training ...
+  config.data.synthetic.num_test = 2_000  # ... and for its test split
   config.data.synthetic.seed = 0  # generation seed (independent of config.seed)
 
   config.batch_size = 1024  # global, split over all devices (must divide evenly)
@@ -69,12 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_epochs = 5.0  # linear warm-up to lr, then cosine decay ...
   config.optimizer.min_lr = 1e-5  # ... to min_lr at the last step
   config.optimizer.weight_decay = 0.05  # AdamW decoupled weight decay (not on biases/norms)
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.eps = 1e-8
+  config.optimizer.b1 = 0.9  # Adam first-moment decay
+  config.optimizer.b2 = 0.999  # Adam second-moment decay
+  config.optimizer.eps = 1e-8  # Adam denominator epsilon
   config.optimizer.grad_clip_norm = 0.0  # global-norm clipping; 0 = off
 
-  config.label_smoothing = 0.1
+  config.label_smoothing = 0.1  # target = (1 - e) one-hot + e / classes
   config.mixup_alpha = 0.8  # Beta(alpha, alpha) mixup; 0 = off
   config.cutmix_alpha = 1.0  # cutmix; 0 = off
   config.mix_switch_prob = 0.5  # chance of cutmix when both are on

@@ -2,11 +2,17 @@
 
   python main.py --config configs/default.py --workdir /tmp/skipvit_default
   python main.py --config configs/default.py:baseline --workdir /tmp/dense_default
+  python main.py --config configs/default.py:toe --workdir /tmp/toe_default
+  python main.py --config configs/default.py:toe,baseline --workdir /tmp/toe_only_default
 
 Drops 55% of the patch tokens at layer 6 and returns them before layer 11 (the SkipViT paper's
 fastest accurate row), after a one-epoch drop warm-up. Expected on a 2-core CPU: see the
 README's "Quick start" (measured figures: wall time, top-1 routed / all tokens, kept-object
 recall versus the keep ratio).
+
+`:toe` adds ToE after layer 1 with a schedule compressed to the 4 epochs: 50% of the patch
+tokens in epoch 0 (33 tokens), 75% in epoch 1 (49), all from epoch 2 on; SkipViT's drop
+layers then work within ToE's tokens. `:toe,baseline` is ToE alone.
 """
 
 import ml_collections
@@ -15,7 +21,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, baseline=False)
+  args = common.parse_arg(arg, baseline=False, toe=False)
   config = common.base_config()
 
   config.model.variant = "Te/4"  # width 32, 12 layers; 32 px / 4 = 64 patches
@@ -25,6 +31,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.routing.drop_ratios = (0.55,)  # 64 patches -> 29 kept
     config.routing.return_layer = 11
     config.drop_warmup_epochs = 1.0
+
+  if args.toe:
+    config.toe.enabled = True
+    config.toe.expansion_epochs = (0, 1, 2)  # DeiT-S's rates, stages every epoch
+    config.toe.keep_rates = (0.5, 0.75, 1.0)
+    config.toe.init_rate = 0.25
+    config.toe.substeps = 2
 
   config.data.name = "synthetic"
   config.data.image_size = 32
@@ -36,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.batch_size = 64  # small batches: more updates per CPU-minute for a tiny ViT
   config.eval_batch_size = 500
-  config.num_epochs = 4.0
+  config.num_epochs = 3.5
   config.optimizer.lr = 1e-3
   config.optimizer.warmup_epochs = 0.3
   config.optimizer.weight_decay = 0.05

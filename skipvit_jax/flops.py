@@ -7,18 +7,25 @@ so 12 N d^2 + 2 N^2 d for the standard m = 4d. A drop layer with drop_point
 "after_attention" runs its attention on the tokens present and its MLP on the kept ones.
 Patch embedding (P * p^2 * 3 * d) and the head (d * classes) complete the model.
 
-Normalisation, softmax, activations and the routing's own work (sorting, gathers, the
-[CLS]-row recomputation of drop_point="block_input": 2 d^2 + N d H per image) are not
-counted: they are reported separately (`routing_overhead`) and are below 0.1% of the
-forward pass at ViT-S/16. Training costs about 3x the forward MACs.
+With ToE, layer 1 runs on all tokens and every later layer on ToE's 1 + S (SkipViT's drop
+layers then work within those).
+
+Normalisation, softmax, activations and the routing's own work are not counted in `total`:
+sorting and gathers are not MACs; the [CLS]-row recomputation of drop_point="block_input"
+(2 d^2 + N d H per image) and ToE's similarities and merge (P^2 d + (P - S) S d: about 20 M
+MACs, 0.4% of ViT-S/16) are reported separately as `routing_overhead`. Training costs about
+3x the forward MACs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from skipvit_jax.models.variants import decode_variant
 from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.schedule import Phase
+from skipvit_jax.toe import ToEPlan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,34 +52,54 @@ def forward_macs(
     image_size: int,
     num_classes: int,
     routing: RoutingConfig = RoutingConfig(),
+    toe: ToEPlan | None = None,
     channels: int = 3,
 ) -> ForwardMacs:
-  """MACs of one image's forward pass through ViT `variant` with `routing`."""
+  """MACs of one image's forward pass through ViT `variant` with `routing` (and ToE)."""
   dims = decode_variant(variant)
   num_patches = (image_size // dims.patch_size) ** 2
-  plan = routing.plan(dims.depth, num_patches)
-  blocks = tuple(
-      block_macs(n_attn, n_mlp, dims.width, dims.mlp_dim)
-      for n_attn, n_mlp in plan.tokens_per_layer()
-  )
+  num_selected = num_patches if toe is None else toe.num_selected
+  plan = routing.plan(dims.depth, num_selected)
+  tokens = list(plan.tokens_per_layer())
   overhead = 0
+  if toe is not None:
+    tokens[0] = (1 + num_patches, 1 + num_patches)  # ToE comes after layer 1
+    overhead += num_patches**2 * dims.width + (num_patches - num_selected) * num_selected * dims.width
   if routing.drop_point == "block_input":
-    overhead = sum(
+    overhead += sum(
         2 * dims.width**2 + (1 + stage.num_present) * dims.width * dims.num_heads
         for stage in plan.stages
     )
   return ForwardMacs(
       patch_embedding=num_patches * dims.patch_size**2 * channels * dims.width,
-      blocks=blocks,
+      blocks=tuple(block_macs(n_attn, n_mlp, dims.width, dims.mlp_dim) for n_attn, n_mlp in tokens),
       head=dims.width * num_classes,
       routing_overhead=overhead,
   )
 
 
 def ideal_speedup(
-    variant: str, *, image_size: int, num_classes: int, routing: RoutingConfig
+    variant: str, *, image_size: int, num_classes: int, routing: RoutingConfig = RoutingConfig(),
+    toe: ToEPlan | None = None,
 ) -> float:
   """Dense forward MACs / routed forward MACs: the speedup if time followed MACs."""
   dense = forward_macs(variant, image_size=image_size, num_classes=num_classes)
-  routed = forward_macs(variant, image_size=image_size, num_classes=num_classes, routing=routing)
+  routed = forward_macs(
+      variant, image_size=image_size, num_classes=num_classes, routing=routing, toe=toe
+  )
   return dense.total / routed.total
+
+
+def schedule_speedup(
+    variant: str, *, image_size: int, num_classes: int, phases: Sequence[Phase]
+) -> float:
+  """Whole-run ideal speedup: dense MACs of every step / the MACs of each step's phase."""
+  dense = forward_macs(variant, image_size=image_size, num_classes=num_classes).total
+  steps = sum(p.end_step - p.start_step for p in phases)
+  routed = sum(
+      (p.end_step - p.start_step)
+      * forward_macs(variant, image_size=image_size, num_classes=num_classes, routing=p.routing,
+                     toe=p.toe).total
+      for p in phases
+  )
+  return steps * dense / routed

@@ -74,6 +74,22 @@ def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
   )
 
 
+def toe_schedule(config: ml_collections.ConfigDict, num_patches: int) -> schedule.ToESchedule | None:
+  """The configured ToE schedule (validated), or None."""
+  if not config.toe.enabled:
+    return None
+  t = config.toe
+  toe = schedule.ToESchedule(
+      expansion_epochs=tuple(t.expansion_epochs), keep_rates=tuple(t.keep_rates),
+      init_rate=t.init_rate, substeps=t.substeps,
+  )
+  try:
+    toe.plan(num_patches, epoch=0)
+  except ValueError as e:
+    raise ValueError(f"config.toe.{e}") from None
+  return toe
+
+
 def check_batch_sizes(config: ml_collections.ConfigDict) -> None:
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
@@ -189,29 +205,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   phases = schedule.make_phases(
       routing=model.routing, total_steps=total_steps,
       drop_warmup_steps=int(round(config.drop_warmup_epochs * steps_per_epoch)),
+      toe=toe_schedule(config, model.num_patches), steps_per_epoch=steps_per_epoch,
+      num_patches=model.num_patches,
   )
+  phase_models = {p.key: model.clone(routing=p.routing, toe=p.toe) for p in phases}  # validates
   learning_rate = optim.learning_rate_schedule(
       base_lr=config.optimizer.lr, warmup_lr=config.optimizer.warmup_lr,
       warmup_steps=int(round(config.optimizer.warmup_epochs * steps_per_epoch)),
       total_steps=total_steps, min_lr=config.optimizer.min_lr,
   )
   optimizer = optim.make_optimizer(config.optimizer, learning_rate)
-  keep_ratios = tuple(s.num_keep / model.num_patches
-                      for s in model.routing.plan(model.dims.depth, model.num_patches).stages)
 
-  macs = flops.forward_macs(model.variant, image_size=model.image_size,
-                            num_classes=model.num_classes, routing=model.routing)
-  ideal = flops.ideal_speedup(model.variant, image_size=model.image_size,
-                              num_classes=model.num_classes, routing=model.routing)
+  flop_args = dict(image_size=model.image_size, num_classes=model.num_classes)
+  run_speedup = flops.schedule_speedup(model.variant, phases=phases, **flop_args)
   logging.info("config:\n%s", config)
   logging.info("devices: %d (%d per process, %d processes), kind %s", jax.device_count(),
                jax.local_device_count(), jax.process_count(), jax.devices()[0].device_kind)
   logging.info("data: %s, %d train / %d eval examples, %d steps per epoch, %d steps",
                info.name, info.num_train, info.num_eval, steps_per_epoch, total_steps)
-  logging.info("routing %s: %.3f GMACs per image forward, FLOP-ideal speedup %.3fx",
-               model.routing, macs.total / 1e9, ideal)
   for phase in phases:
-    logging.info("phase %-12s steps %d..%d", phase.name, phase.start_step, phase.end_step - 1)
+    macs = flops.forward_macs(model.variant, routing=phase.routing, toe=phase.toe, **flop_args)
+    logging.info(
+        "phase %-22s steps %d..%d: %.4f GMACs per image forward, FLOP-ideal speedup %.3fx",
+        phase.name, phase.start_step, phase.end_step - 1, macs.total / 1e9,
+        flops.ideal_speedup(model.variant, routing=phase.routing, toe=phase.toe, **flop_args))
+  logging.info("routing %s; whole-run FLOP-ideal speedup %.3fx", model.routing, run_speedup)
 
   # ---- state: fresh or restored
   rng_init = jax.random.key(config.seed)
@@ -229,7 +247,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = MetricWriter(workdir)
   if start_step == 0:
     writer.write_text(0, "config", str(config))
-    writer.write(0, {"flops/forward_gmacs": macs.total / 1e9, "flops/ideal_speedup": ideal})
+    writer.write(0, {
+        "flops/ideal_speedup": flops.ideal_speedup(model.variant, routing=model.routing, **flop_args),
+        "flops/run_ideal_speedup": run_speedup,
+    })
 
   # ---- compiled steps, one per phase key, created on first use
   step_fns: dict[tuple, Any] = {}
@@ -238,31 +259,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if phase.key not in step_fns:
       step_fns[phase.key] = jax.pmap(
           functools.partial(
-              train_step, model=model.clone(routing=phase.routing), optimizer=optimizer,
+              train_step, model=phase_models[phase.key], optimizer=optimizer,
               learning_rate=learning_rate, config=config, seed=config.seed,
           ),
           axis_name=AXIS, donate_argnums=(0,),
       )
     return step_fns[phase.key]
 
-  eval_fns = {
-      "": jax.pmap(functools.partial(evaluate.eval_step, model=model,
-                                     with_recall=info.has_object_masks and model.routing.routes),
-                   axis_name=AXIS),
-  }
-  if model.routing.routes:
-    eval_fns["_all_tokens"] = jax.pmap(
-        functools.partial(evaluate.eval_step, model=dense_model, with_recall=False), axis_name=AXIS)
+  eval_fns: dict[tuple, Any] = {}
+
+  def eval_fn_for(eval_model: ViT, with_recall: bool):
+    key = (eval_model.routing, eval_model.toe, with_recall)
+    if key not in eval_fns:
+      eval_fns[key] = jax.pmap(
+          functools.partial(evaluate.eval_step, model=eval_model, with_recall=with_recall),
+          axis_name=AXIS)
+    return eval_fns[key]
 
   def run_eval(step: int) -> dict[str, float]:
+    """Evaluates with the training routing (ToE: all tokens unless config.toe.sparse_eval)
+    and, when that is not already the dense model, with all tokens."""
+    toe = schedule.phase_at(phases, step - 1).toe if config.toe.sparse_eval else None
+    eval_model = model.clone(toe=toe)
+    keep_ratios = tuple(s.num_keep / model.num_patches for s in eval_model.routing_plan.stages)
+    variants = [("", eval_model, info.has_object_masks and eval_model.routing.routes)]
+    if eval_model.routing.routes or toe is not None:
+      variants.append(("_all_tokens", dense_model, False))
     results = {}
-    for suffix, fn in eval_fns.items():
+    for suffix, variant_model, with_recall in variants:
       batches = pipeline.eval_batches(
           sources.eval, info, global_batch=config.eval_batch_size,
           image_size=model.image_size, process_index=jax.process_index(),
           process_count=jax.process_count(), num_threads=config.data.num_threads,
       )
-      sums = evaluate.accumulate(fn, state.params, map(parallel.shard, batches))
+      sums = evaluate.accumulate(eval_fn_for(variant_model, with_recall), state.params,
+                                 map(parallel.shard, batches))
       summary = evaluate.summarize(sums, keep_ratios=keep_ratios if not suffix else ())
       results.update({f"eval/{k}{suffix}": v for k, v in summary.items()})
     writer.write(step, results)

@@ -49,8 +49,10 @@ class Sources:
 def load_sources(data_config) -> Sources:
   """Opens the configured dataset; raises ValueError naming the field if it is unavailable."""
   if data_config.name == SYNTHETIC:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from skipvit_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
+    tfds.disable_progress_bar()  # the first run generates the data; keep the log readable
     builder = synthetic.prepare(
         data_config.data_dir or SYNTHETIC_CACHE, image_size=data_config.image_size,
         num_train=data_config.synthetic.num_train, num_test=data_config.synthetic.num_test,

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from skipvit_jax import attention, routing
+from skipvit_jax import toe as toe_lib
 from skipvit_jax.models.variants import ViTDims, decode_variant
 from skipvit_jax.routing import RoutingConfig
 
@@ -176,6 +177,7 @@ class Encoder(nn.Module):
 
   dims: ViTDims
   routing_config: RoutingConfig
+  toe: toe_lib.ToEPlan | None = None
   attention_implementation: str = "xla"
   dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
@@ -186,24 +188,28 @@ class Encoder(nn.Module):
     """x: (B, 1 + P, C) embedded tokens -> (normalised tokens (B, 1 + P', C), aux)."""
     batch, num_patches = x.shape[0], x.shape[1] - 1
     config = self.routing_config
-    plan = config.plan(self.dims.depth, num_patches)
+    # With ToE, drop layers (all after layer 1) rank and restore within ToE's sequence.
+    plan = config.plan(self.dims.depth, _tokens_after_toe(num_patches, self.toe))
 
     x = AddPositionEmbs(name="posembed_input")(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
     # Original patch position of every non-[CLS] token in the sequence (-1: fused token).
-    original_positions = jnp.broadcast_to(
-        jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches)
-    )
-    positions = original_positions
+    positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
+    aux: dict[str, Any] = {}
     waiting: list[routing.Split] = []  # splits whose dropped tokens ride the skip connection
+    positions_before_split = positions
     records, attention_maps = [], []
     for index in range(self.dims.depth):
       layer = index + 1
+      if layer == 2 and self.toe is not None:
+        x, out_index = toe_lib.expand_tokens(x, self.toe)
+        positions = out_index[:, 1:] - 1
+        aux["toe"] = {"out_index": out_index}
       if layer == config.return_layer:
         for split in reversed(waiting):  # undo the latest split first
           x = routing.restore_tokens(x, split.keep_idx, split.dropped, split.drop_idx)
-        positions = original_positions
+        positions = positions_before_split
         waiting = []
       self.sow("intermediates", "layer_inputs", x)
 
@@ -216,6 +222,8 @@ class Encoder(nn.Module):
       attention_maps.append(probs)
 
       if split is not None:
+        if not records:
+          positions_before_split = positions
         records.append({
             "cls_scores": split.scores,
             "keep_idx": split.keep_idx,
@@ -231,10 +239,14 @@ class Encoder(nn.Module):
           waiting.append(split)
 
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
-    aux = {"routing": tuple(records)}
+    aux["routing"] = tuple(records)
     if capture_attention:
       aux["attention"] = tuple(attention_maps)
     return x, aux
+
+
+def _tokens_after_toe(num_patches: int, toe: toe_lib.ToEPlan | None) -> int:
+  return num_patches if toe is None else toe.num_selected
 
 
 class ViT(nn.Module):
@@ -247,6 +259,8 @@ class ViT(nn.Module):
     dropout_rate: dropout after the embedding, attention and MLP layers.
     stochastic_depth: drop-path rate of the last block (linearly from 0 at the first).
     routing: which layers drop tokens and how (default: none).
+    toe: a ToE plan (skipvit_jax/toe.py) reducing the tokens after layer 1, or None. Drop
+      layers then rank and restore within ToE's reduced sequence.
     attention: attention implementation name (see skipvit_jax.attention).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32, logits float32.
 
@@ -259,6 +273,8 @@ class ViT(nn.Module):
         (-1 for a fused token).
     "attention": only with capture_attention=True, per layer (B, H, n, n) float32 softmax
       probabilities over the tokens present at that layer.
+    "toe": with an active ToE plan, out_index (B, 1 + S) int32: each token's position in the
+      full sequence after ToE (0 for [CLS]).
   """
 
   variant: str = "S/16"
@@ -267,6 +283,7 @@ class ViT(nn.Module):
   dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
   routing: RoutingConfig = RoutingConfig()
+  toe: toe_lib.ToEPlan | None = None
   attention: str = "xla"
   dtype: Any = jnp.float32
 
@@ -284,7 +301,19 @@ class ViT(nn.Module):
       if not 0.0 <= getattr(self, field) < 1.0:
         raise ValueError(f"{field}: must be in [0, 1), got {getattr(self, field)}")
     attention.check_implementation(self.attention)
-    self.routing.plan(dims.depth, self.num_patches)
+    if self.toe is not None:
+      if not self.toe.active:
+        raise ValueError("toe: pass None instead of an inactive ToE plan")
+      if self.toe.num_patches != self.num_patches:
+        raise ValueError(
+            f"toe: the plan is for {self.toe.num_patches} patches, the model has {self.num_patches}"
+        )
+      if self.routing.routes and self.routing.drop_layers[0] < 2:
+        raise ValueError(
+            f"RoutingConfig.drop_layers: with ToE (after layer 1) drop layers must be in "
+            f"2..{dims.depth}, got {self.routing.drop_layers}"
+        )
+    self.routing_plan  # validates the routing against this model
     super().__post_init__()
 
   @property
@@ -294,6 +323,11 @@ class ViT(nn.Module):
   @property
   def num_patches(self) -> int:
     return (self.image_size // decode_variant(self.variant).patch_size) ** 2
+
+  @property
+  def routing_plan(self) -> routing.RoutingPlan:
+    """The routing's static token counts in this model (after ToE, if any)."""
+    return self.routing.plan(self.dims.depth, _tokens_after_toe(self.num_patches, self.toe))
 
   @nn.compact
   def __call__(
@@ -314,8 +348,8 @@ class ViT(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, dims.width)), x], 1)
 
     x, aux = Encoder(
-        dims, self.routing, self.attention, self.dropout_rate, self.stochastic_depth, self.dtype,
-        name="Transformer",
+        dims, self.routing, self.toe, self.attention, self.dropout_rate, self.stochastic_depth,
+        self.dtype, name="Transformer",
     )(x, train=train, capture_attention=capture_attention)
     logits = nn.Dense(
         self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32, name="head"
