@@ -65,7 +65,9 @@ def _final_params(workdir):
 def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
   workdir = tmp_path / "run"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=str(REPO))
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=str(REPO),
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   args = [
       sys.executable, str(REPO / "main.py"), f"--config={REPO / 'configs/default.py'}",
       f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
