@@ -5,21 +5,34 @@
 - "dot_product_attention": `jax.nn.dot_product_attention`, which picks the fused path the
   backend has; it never materialises the probabilities, so the [CLS] row is recomputed from
   q[:, 0] and K (N*D multiply-adds per head, negligible).
+- "pallas": the fused Pallas kernel of `kernels/gather_attention.py`, which emits the [CLS]
+  row itself. It lowers on NVIDIA GPUs only; elsewhere (CPU, TPU, a PJRT plugin) it falls
+  back to the kernel's plain-jnp reference, saying so once in the log.
+- "pallas_interpret": the same kernel in Pallas interpret mode, on any backend: how the
+  kernel is tested on CPU (slow; not for training).
 
-Both give the same routing decisions in float32 (tests/test_attention.py).
+In the model the kernel runs with keep_idx=None: after a split the residual stream itself is
+gathered (the MLP and the residual add need the kept tokens anyway), so every layer attends
+over the tokens it has. The kernel's gather-by-index mode is benchmarked on its own
+(benchmarks/gather_attention.py).
+
+All give the same routing decisions in float32 (tests/test_attention.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
+from kernels import gather_attention as gather_attention_kernel
 from skipvit_jax import routing
 
-IMPLEMENTATIONS = ("xla", "dot_product_attention")
+IMPLEMENTATIONS = ("xla", "dot_product_attention", "pallas", "pallas_interpret")
 
 
 class AttentionResult(NamedTuple):
@@ -52,23 +65,38 @@ def attend(
       materialises a (B, H, N, N) array whatever the implementation).
   """
   check_implementation(implementation)
-  if implementation == "xla" or with_probs:
-    probs = attention_probs(q, k)
-  else:
-    probs = None
-
+  probs = attention_probs(q, k) if implementation == "xla" or with_probs else None
+  cls_scores = None
   if implementation == "xla":
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-  else:
+  elif implementation == "dot_product_attention":
     out = jax.nn.dot_product_attention(q, k, v)
+  else:
+    out, cls_scores = _pallas_attention(q, k, v, interpret=implementation == "pallas_interpret")
 
-  cls_scores = None
-  if with_cls_scores:
+  if with_cls_scores and cls_scores is None:
     if probs is not None:
       cls_scores = probs[:, :, 0, 1:].mean(axis=1)
     else:
       cls_scores = routing.cls_attention_scores(q, k)
-  return AttentionResult(out, cls_scores, probs if with_probs else None)
+  return AttentionResult(
+      out, cls_scores if with_cls_scores else None, probs if with_probs else None
+  )
+
+
+def _pallas_attention(q, k, v, *, interpret: bool) -> tuple[jax.Array, jax.Array]:
+  """The Pallas kernel where it lowers (or in interpret mode), else its jnp reference."""
+  backend = jax.default_backend()
+  if interpret or gather_attention_kernel.can_lower(backend):
+    return gather_attention_kernel.gather_attention(q, k, v, interpret=interpret)
+  _log_fallback_once(backend)
+  return gather_attention_kernel.gather_attention_reference(q, k, v)
+
+
+@functools.cache
+def _log_fallback_once(backend: str) -> None:
+  logging.info("attention 'pallas': no Pallas lowering on backend %r; using the jnp reference",
+               backend)
 
 
 def attention_probs(q: jax.Array, k: jax.Array) -> jax.Array:

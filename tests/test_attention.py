@@ -1,7 +1,10 @@
 """Attention implementations agree with each other and with the numpy reference."""
 
+import logging
+
 import jax
 import numpy as np
+import optax
 import pytest
 
 from skipvit_jax import ViT, RoutingConfig, attention
@@ -41,12 +44,13 @@ def test_outputs_are_returned_only_when_asked():
   assert result.cls_scores is None and result.probs is None
 
 
-def test_implementations_make_the_same_routing_decisions():
+@pytest.mark.parametrize("implementation", ["dot_product_attention", "pallas", "pallas_interpret"])
+def test_implementations_make_the_same_routing_decisions(implementation):
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   routing = RoutingConfig((4, 7), (0.3, 0.3), 10)
   xla = ViT("Te/4", num_classes=10, image_size=32, routing=routing, attention="xla")
   params = xla.init(jax.random.key(1), images, train=False)["params"]
-  fused = xla.clone(attention="dot_product_attention")
+  fused = xla.clone(attention=implementation)
   logits_xla, aux_xla = jax.jit(lambda p: xla.apply({"params": p}, images, train=False))(params)
   logits_dpa, aux_dpa = jax.jit(lambda p: fused.apply({"params": p}, images, train=False))(params)
   for a, b in zip(aux_xla["routing"], aux_dpa["routing"]):
@@ -55,7 +59,39 @@ def test_implementations_make_the_same_routing_decisions():
   np.testing.assert_allclose(logits_xla, logits_dpa, rtol=1e-5, atol=1e-5)
 
 
+def test_pallas_falls_back_to_the_reference_off_gpu_and_says_so(caplog):
+  q, k, v = _qkv(3)
+  attention._log_fallback_once.cache_clear()  # pylint: disable=protected-access
+  with caplog.at_level(logging.INFO):
+    result = attention.attend(q, k, v, implementation="pallas", with_cls_scores=True)
+  assert jax.default_backend() == "cpu"
+  assert "no Pallas lowering on backend 'cpu'" in caplog.text
+  want_out, _ = _reference_attention(q, k, v)
+  np.testing.assert_allclose(result.out, want_out, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      result.cls_scores, reference.cls_attention_scores(q, k), rtol=1e-5, atol=1e-7
+  )
+
+
 def test_unknown_implementation_is_rejected():
   q, k, v = _qkv(2)
   with pytest.raises(ValueError, match="attention implementation"):
     attention.attend(q, k, v, implementation="flash")
+
+
+def test_pallas_kernel_gradients_through_the_model_match_xla():
+  images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
+  labels = jax.numpy.array([3, 5])
+  xla = ViT("Te/4", num_classes=10, image_size=32, routing=RoutingConfig((6,), (0.5,), 11))
+  params = xla.init(jax.random.key(5), images, train=False)["params"]
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(6), params["head"]["kernel"].shape)
+
+  def grads(model):
+    def loss(p):
+      logits, _ = model.apply({"params": p}, images, train=False)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return jax.jit(jax.grad(loss))(params)
+
+  want, got = grads(xla), grads(xla.clone(attention="pallas_interpret"))
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
