@@ -26,14 +26,17 @@ import json
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from kernels import gather_attention as ga
 
 # Shape and probe-size flags: ViT-S/16 on a GPU by default, small under --tiny. Flags given
@@ -74,30 +77,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return args
 
 
-def _time_ms(fn: Callable[..., Any], args: Sequence[Any], warmup: int, runs: int) -> list[float]:
-  jax.block_until_ready(fn(*args))  # compile
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(1e3 * (time.perf_counter() - start))
-  return times
-
-
 def _measure_peaks(dtype, matmul_size: int, copy_mib: int, warmup: int, runs: int) -> dict:
   """Achievable peaks of this device: a square matmul and a read+write elementwise pass."""
-  key_a, key_b = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(key_a, (matmul_size, matmul_size), dtype)
-  b = jax.random.normal(key_b, (matmul_size, matmul_size), dtype)
-  matmul_ms = statistics.median(_time_ms(jax.jit(jnp.matmul), (a, b), warmup, runs))
-  x = jnp.ones((copy_mib * 2**20 // 4,), jnp.float32)
-  # x * 2 cannot be elided, unlike a copy: one read and one write of the whole array.
-  copy_ms = statistics.median(_time_ms(jax.jit(lambda x: x * 2), (x,), warmup, runs))
   return {
-      "matmul_tflops": 2 * matmul_size**3 / matmul_ms / 1e9,
-      "bandwidth_gbps": 2 * x.nbytes / copy_ms / 1e6,
+      "matmul_tflops": timing.peak_matmul_flops(dtype, matmul_size, warmup, runs) / 1e12,
+      "bandwidth_gbps": timing.peak_bandwidth(copy_mib, warmup, runs) / 1e9,
       "matmul_size": matmul_size,
       "copy_mib": copy_mib,
   }
@@ -183,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
       for pass_name, backward in passes:
         fn = jax.jit(_with_backward(attend) if backward else attend)
         try:
-          times = _time_ms(fn, (q, k, v, keep_idx), args.warmup, args.runs)
+          times = timing.time_ms(fn, (q, k, v, keep_idx), args.warmup, args.runs)
         except Exception as e:  # cuDNN rejects some shapes/dtypes; report, don't abort.
           skipped.append({"impl": name, "keep": keep, "pass": pass_name,
                           "reason": f"{type(e).__name__}: {str(e)[:300]}"})

@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.variant = "S/16"  # "<size>/<patch>": Te (testing), Ti, S, B, L
   config.model.dropout_rate = 0.0  # dropout after embedding, attention and MLP
   config.model.stochastic_depth = 0.0  # drop-path rate of the last block (0 at the first)
-  config.model.attention = "xla"  # attention implementation (skipvit_jax/attention.py)
+  config.model.attention = "auto"  # attention implementation (skipvit_jax/attention.py)
   config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
 
   # SkipViT routing (skipvit_jax/routing.py); 1-based layers as in the paper. No drop layers

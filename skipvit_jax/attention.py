@@ -2,14 +2,20 @@
 
 - "xla": explicit softmax(q k^T / sqrt(D)) v; the probabilities are at hand, so the [CLS]
   row a drop layer ranks by is free.
-- "dot_product_attention": `jax.nn.dot_product_attention`, which picks the fused path the
-  backend has; it never materialises the probabilities, so the [CLS] row is recomputed from
-  q[:, 0] and K (N*D multiply-adds per head, negligible).
+- "dot_product_attention": `jax.nn.dot_product_attention` with its default (XLA)
+  implementation; it never materialises the probabilities in the API, so the [CLS] row is
+  recomputed from q[:, 0] and K (N*D multiply-adds per head, negligible).
+- "cudnn": the same function forced onto cuDNN's fused flash attention: NVIDIA GPUs with
+  bfloat16/float16 inputs only; elsewhere it falls back to "dot_product_attention", saying so
+  once in the log.
 - "pallas": the fused Pallas kernel of `kernels/gather_attention.py`, which emits the [CLS]
   row itself. It lowers on NVIDIA GPUs only; elsewhere (CPU, TPU, a PJRT plugin) it falls
   back to the kernel's plain-jnp reference, saying so once in the log.
 - "pallas_interpret": the same kernel in Pallas interpret mode, on any backend: how the
   kernel is tested on CPU (slow; not for training).
+- "auto": per backend. On NVIDIA GPUs "cudnn" (no GPU has measured the Pallas kernel against
+  it for this project yet: see BENCHMARKS.md); everywhere else (CPU, TPU, any PJRT plugin)
+  "xla", which measured fastest on CPU.
 
 In the model the kernel runs with keep_idx=None: after a split the residual stream itself is
 gathered (the MLP and the residual add need the kept tokens anyway), so every layer attends
@@ -32,7 +38,7 @@ from absl import logging
 from kernels import gather_attention as gather_attention_kernel
 from skipvit_jax import routing
 
-IMPLEMENTATIONS = ("xla", "dot_product_attention", "pallas", "pallas_interpret")
+IMPLEMENTATIONS = ("auto", "xla", "dot_product_attention", "cudnn", "pallas", "pallas_interpret")
 
 
 class AttentionResult(NamedTuple):
@@ -64,13 +70,15 @@ def attend(
     with_probs: also return the full attention probabilities (for inspection; this
       materialises a (B, H, N, N) array whatever the implementation).
   """
-  check_implementation(implementation)
+  implementation = resolve(implementation)
   probs = attention_probs(q, k) if implementation == "xla" or with_probs else None
   cls_scores = None
   if implementation == "xla":
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
   elif implementation == "dot_product_attention":
     out = jax.nn.dot_product_attention(q, k, v)
+  elif implementation == "cudnn":
+    out = _cudnn_attention(q, k, v)
   else:
     out, cls_scores = _pallas_attention(q, k, v, interpret=implementation == "pallas_interpret")
 
@@ -84,19 +92,36 @@ def attend(
   )
 
 
+def resolve(implementation: str, backend: str | None = None) -> str:
+  """The concrete implementation `implementation` means on `backend` (default: JAX's)."""
+  check_implementation(implementation)
+  if implementation != "auto":
+    return implementation
+  backend = jax.default_backend() if backend is None else backend
+  return "cudnn" if backend in ("gpu", "cuda") else "xla"
+
+
+def _cudnn_attention(q, k, v) -> jax.Array:
+  backend = jax.default_backend()
+  if backend in ("gpu", "cuda") and q.dtype in (jnp.bfloat16, jnp.float16):
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+  _log_fallback_once("cudnn", f"backend {backend!r} with {q.dtype} inputs",
+                     "dot_product_attention (XLA)")
+  return jax.nn.dot_product_attention(q, k, v)
+
+
 def _pallas_attention(q, k, v, *, interpret: bool) -> tuple[jax.Array, jax.Array]:
   """The Pallas kernel where it lowers (or in interpret mode), else its jnp reference."""
   backend = jax.default_backend()
   if interpret or gather_attention_kernel.can_lower(backend):
     return gather_attention_kernel.gather_attention(q, k, v, interpret=interpret)
-  _log_fallback_once(backend)
+  _log_fallback_once("pallas", f"no Pallas lowering on backend {backend!r}", "the jnp reference")
   return gather_attention_kernel.gather_attention_reference(q, k, v)
 
 
 @functools.cache
-def _log_fallback_once(backend: str) -> None:
-  logging.info("attention 'pallas': no Pallas lowering on backend %r; using the jnp reference",
-               backend)
+def _log_fallback_once(implementation: str, reason: str, instead: str) -> None:
+  logging.info("attention %r: %s; using %s", implementation, reason, instead)
 
 
 def attention_probs(q: jax.Array, k: jax.Array) -> jax.Array:

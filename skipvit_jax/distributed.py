@@ -1,30 +1,64 @@
-"""Joining a multi-process (multi-host) run through JAX's own distributed runtime."""
+"""Joining a multi-process (multi-host) run through JAX's own distributed runtime.
+
+Where the coordinates come from, first match wins:
+  1. flags: --coordinator_address=host:port --num_processes=N --process_id=i
+  2. environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
+  3. a cluster JAX detects by itself: SLURM (srun, more than one task), Open MPI (mpirun),
+     Cloud TPU pods (TPU_WORKER_HOSTNAMES with more than one host).
+With none of them, the run is single-process and nothing is initialised. See docs/multihost.md.
+"""
 
 from __future__ import annotations
 
 import os
 
 import jax
-from absl import logging
+from absl import flags, logging
+
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+
+
+def _explicit_coordinates() -> tuple[str, int, int] | None:
+  if flags.FLAGS.is_parsed() and _COORDINATOR.value:
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+      raise ValueError("--coordinator_address needs --num_processes and --process_id too")
+    return _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not")
+    return env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])
+  return None
+
+
+def _cluster_detected() -> bool:
+  env = os.environ
+  return (int(env.get("SLURM_NTASKS", "1")) > 1
+          or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+          or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
 
 
 def maybe_initialize() -> None:
-  """Calls `jax.distributed.initialize` when the environment describes a multi-process run.
-
-  Explicit: JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES, JAX_PROCESS_ID. Otherwise
-  a SLURM or Open MPI job with more than one task, which JAX detects by itself.
-  """
+  """Calls `jax.distributed.initialize` when flags or the environment describe a multi-process
+  run; must run before anything touches a JAX backend."""
   if jax.distributed.is_initialized():
     return
-  env = os.environ
-  if "JAX_COORDINATOR_ADDRESS" in env:
-    jax.distributed.initialize(
-        coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(env["JAX_NUM_PROCESSES"]),
-        process_id=int(env["JAX_PROCESS_ID"]),
-    )
-  elif int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+  coordinates = _explicit_coordinates()
+  if coordinates is None and not _cluster_detected():
+    return
+  if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
+    # CPU processes exchange gradients through gloo (tests, local multi-process runs).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinates is None:
     jax.distributed.initialize()
   else:
-    return
-  logging.info("joined a %d-process run as process %d", jax.process_count(), jax.process_index())
+    address, num_processes, process_id = coordinates
+    jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
+                               process_id=process_id)
+  logging.info("joined a %d-process run as process %d (%d local devices, %d in all)",
+               jax.process_count(), jax.process_index(), jax.local_device_count(),
+               jax.device_count())

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import flax
 import jax
 import numpy as np
 
 AXIS = "batch"  # the pmap axis name every step uses
 
 
-def replicate(tree):
-  """Host tree -> one copy per local device.
+def device_put_sharded(tree):
+  """Host arrays with a leading local-device axis -> one slice on each local device.
 
-  Built from numpy (no per-leaf compiles) with a sharding named after AXIS: exactly the
-  sharding of pmap's outputs, so a step's first call does not compile a second copy of it.
+  The sharding is named after AXIS: exactly the sharding of pmap's outputs, so a step's first
+  call does not compile a second copy of it for differently-sharded inputs.
   """
-  return flax.jax_utils.replicate(jax.device_get(tree), axis_name=AXIS)
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS)))
+
+
+def replicate(tree):
+  """Host (or device) tree -> one copy per local device, built from numpy (no compiles)."""
+  n = jax.local_device_count()
+  host = jax.device_get(tree)
+  return device_put_sharded(jax.tree.map(lambda x: np.broadcast_to(x, (n,) + np.shape(x)), host))
 
 
 def unreplicate(tree):
@@ -24,6 +31,6 @@ def unreplicate(tree):
 
 
 def shard(batch: dict) -> dict:
-  """(host_batch, ...) -> (local_devices, host_batch / local_devices, ...)."""
+  """(host_batch, ...) -> (local_devices, host_batch / local_devices, ...), still on the host."""
   n = jax.local_device_count()
   return jax.tree.map(lambda x: np.asarray(x).reshape((n, -1) + x.shape[1:]), batch)

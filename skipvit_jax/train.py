@@ -2,29 +2,27 @@
 
 Data parallel with `jax.pmap` over the local devices (gradients averaged with `pmean` over
 every device of every host). Each training phase (see schedule.py) is one compiled step,
-compiled when the phase is first reached. The RNG of step s is `fold_in(key(seed), s)`, and
-the data order is a function of (seed, step) (data/pipeline.py), so restoring the step from a
-checkpoint restores the RNG and the data position with it.
+compiled when the phase is first reached. The RNG of step s is `fold_in(key(seed), s)`
+(training_step.py) and the data order is a function of (seed, step) (data/pipeline.py), so
+restoring the step from a checkpoint restores the RNG and the data position with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import signal
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 from absl import logging
 
-from skipvit_jax import (augment, checkpointing, distributed, evaluate, flops, optim, parallel,
-                         schedule)
+from skipvit_jax import (checkpointing, distributed, evaluate, flops, optim, parallel, schedule,
+                         training_step)
 from skipvit_jax.data import pipeline
 from skipvit_jax.metric_writer import MetricWriter
 from skipvit_jax.models.vit import ViT
@@ -32,13 +30,6 @@ from skipvit_jax.routing import RoutingConfig
 
 AXIS = parallel.AXIS
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # int32 scalar
-  params: Any
-  opt_state: Any
 
 
 class NonFiniteError(FloatingPointError):
@@ -108,47 +99,6 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
 
 
 # --------------------------------------------------------------------------------------------
-# Steps (run under pmap).
-
-
-def train_step(
-    state: TrainState, batch: dict, *, model: ViT, optimizer: optax.GradientTransformation,
-    learning_rate: optax.Schedule, config: ml_collections.ConfigDict, seed: int,
-) -> tuple[TrainState, dict]:
-  """One optimisation step on this device's shard of the global batch.
-
-  batch: image (b, S, S, 3) float32, label (b,) int32.
-  """
-  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
-                           jax.lax.axis_index(AXIS))
-  rng_mix, rng_dropout = jax.random.split(rng)
-  targets = augment.soft_targets(batch["label"], model.num_classes, config.label_smoothing)
-  images, targets = augment.mix_batch(
-      rng_mix, batch["image"], targets, mixup_alpha=config.mixup_alpha,
-      cutmix_alpha=config.cutmix_alpha, switch_prob=config.mix_switch_prob,
-  )
-
-  def loss_fn(params):
-    logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng_dropout})
-    return optax.softmax_cross_entropy(logits, targets).mean()
-
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  loss, grads = jax.lax.pmean((loss, grads), AXIS)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  # A blown-up step is not applied: the host stops on `finite` with the last good state.
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                           state.replace(step=state.step + 1))
-  metrics = {
-      "loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_state.params),
-      "learning_rate": learning_rate(state.step), "finite": finite,
-  }
-  return new_state, metrics
-
-
-# --------------------------------------------------------------------------------------------
 # Host-side helpers.
 
 
@@ -184,11 +134,15 @@ class _StopRequest:
 # --------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one.
+@dataclasses.dataclass
+class TrainResult:
+  step: int  # the step training stopped at
+  eval_metrics: dict[str, float]  # the last evaluation's ("eval/top1", ...)
+  params: Any  # this process's final parameters, numpy
 
-  Returns the final evaluation metrics.
-  """
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one."""
   distributed.maybe_initialize()
   # ---- everything that can reject the config, before compiling anything
   check_batch_sizes(config)
@@ -215,6 +169,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       total_steps=total_steps, min_lr=config.optimizer.min_lr,
   )
   optimizer = optim.make_optimizer(config.optimizer, learning_rate)
+  regularization = training_step.Regularization(
+      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+      cutmix_alpha=config.cutmix_alpha, mix_switch_prob=config.mix_switch_prob,
+  )
 
   flop_args = dict(image_size=model.image_size, num_classes=model.num_classes)
   run_speedup = flops.schedule_speedup(model.variant, phases=phases, **flop_args)
@@ -232,10 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("routing %s; whole-run FLOP-ideal speedup %.3fx", model.routing, run_speedup)
 
   # ---- state: fresh or restored
-  rng_init = jax.random.key(config.seed)
-  dummy = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
-  params = jax.jit(lambda r: dense_model.init(r, dummy, train=False)["params"])(rng_init)
-  state = TrainState(jnp.int32(0), params, optimizer.init(params))
+  state = training_step.init_state(dense_model, optimizer, config.seed)
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   restored = checkpoints.restore_latest(jax.device_get(state))
   if restored is not None:
@@ -259,8 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if phase.key not in step_fns:
       step_fns[phase.key] = jax.pmap(
           functools.partial(
-              train_step, model=phase_models[phase.key], optimizer=optimizer,
-              learning_rate=learning_rate, config=config, seed=config.seed,
+              training_step.train_step, model=phase_models[phase.key], optimizer=optimizer,
+              learning_rate=learning_rate, regularization=regularization, seed=config.seed,
           ),
           axis_name=AXIS, donate_argnums=(0,),
       )
@@ -398,4 +353,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write(step, {"train/steady_images_per_sec": rate})
     logging.info("steady-state training throughput: %.1f images/s", rate)
   writer.close()
-  return final_eval
+  return TrainResult(step, final_eval, parallel.unreplicate(state.params))

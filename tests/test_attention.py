@@ -24,6 +24,7 @@ def _reference_attention(q, k, v):
 
 @pytest.mark.parametrize("implementation", attention.IMPLEMENTATIONS)
 def test_attention_matches_reference(implementation):
+  # Every name works on every backend (falling back where needed) and means the same thing.
   q, k, v = _qkv(0)
   result = jax.jit(
       lambda q, k, v: attention.attend(
@@ -44,7 +45,8 @@ def test_outputs_are_returned_only_when_asked():
   assert result.cls_scores is None and result.probs is None
 
 
-@pytest.mark.parametrize("implementation", ["dot_product_attention", "pallas", "pallas_interpret"])
+@pytest.mark.parametrize(
+    "implementation", ["auto", "dot_product_attention", "cudnn", "pallas", "pallas_interpret"])
 def test_implementations_make_the_same_routing_decisions(implementation):
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   routing = RoutingConfig((4, 7), (0.3, 0.3), 10)
@@ -65,12 +67,20 @@ def test_pallas_falls_back_to_the_reference_off_gpu_and_says_so(caplog):
   with caplog.at_level(logging.INFO):
     result = attention.attend(q, k, v, implementation="pallas", with_cls_scores=True)
   assert jax.default_backend() == "cpu"
-  assert "no Pallas lowering on backend 'cpu'" in caplog.text
+  assert "attention 'pallas': no Pallas lowering on backend 'cpu'" in caplog.text
   want_out, _ = _reference_attention(q, k, v)
   np.testing.assert_allclose(result.out, want_out, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
       result.cls_scores, reference.cls_attention_scores(q, k), rtol=1e-5, atol=1e-7
   )
+
+
+def test_auto_picks_per_backend():
+  assert attention.resolve("auto", "gpu") == "cudnn"
+  assert attention.resolve("auto", "cuda") == "cudnn"
+  for backend in ("cpu", "tpu", "ascend", "some_pjrt_plugin"):
+    assert attention.resolve("auto", backend) == "xla"
+  assert attention.resolve("pallas", "tpu") == "pallas"  # explicit names are kept
 
 
 def test_unknown_implementation_is_rejected():
@@ -95,3 +105,33 @@ def test_pallas_kernel_gradients_through_the_model_match_xla():
   want, got = grads(xla), grads(xla.clone(attention="pallas_interpret"))
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
+
+
+def test_an_unknown_platform_falls_back_on_every_path_and_trains(monkeypatch, caplog):
+  """What a PJRT plugin (Ascend, ...) sees: no cuDNN, no Pallas lowering, XLA for "auto"."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "someplugin")
+  attention._log_fallback_once.cache_clear()  # pylint: disable=protected-access
+  images = jax.random.normal(jax.random.key(7), (2, 32, 32, 3))
+  labels = jax.numpy.array([1, 2])
+  base = ViT("Te/4", num_classes=10, image_size=32, routing=RoutingConfig((6,), (0.5,), 11))
+  params = base.init(jax.random.key(8), images, train=False)["params"]
+  optimizer = optax.adamw(1e-3)
+  with caplog.at_level(logging.INFO):
+    for implementation in ("auto", "cudnn", "pallas"):
+      model = base.clone(attention=implementation)
+
+      def loss(p):
+        logits, _ = model.apply({"params": p}, images, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+      @jax.jit
+      def step(p, opt_state):
+        value, grads = jax.value_and_grad(loss)(p)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, value
+
+      new_params, _, value = step(params, optimizer.init(params))
+      assert np.isfinite(value)
+      assert not np.allclose(new_params["head"]["bias"], params["head"]["bias"])
+  assert "attention 'cudnn': backend 'someplugin'" in caplog.text
+  assert "attention 'pallas': no Pallas lowering on backend 'someplugin'" in caplog.text

@@ -6,23 +6,43 @@ from pathlib import Path
 
 import pytest
 
-from configs import skipvit_s16_imagenet
-from skipvit_jax import flops, train
+from configs import skipvit_s16_imagenet, toe_deit_s_imagenet
+from skipvit_jax import RoutingConfig, flops, schedule, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNNABLE = [
-    ("default", None), ("default", "baseline"), ("vit_s16_imagenet", None),
+    ("default", None), ("default", "baseline"), ("default", "toe"), ("default", "toe,baseline"),
+    ("vit_s16_imagenet", None), ("toe_deit_s_imagenet", None),
+    ("toe_deit_s_imagenet", "deit_t"), ("toe_deit_s_imagenet", "skipvit"),
     *[("skipvit_s16_imagenet", f"row={row}") for row in skipvit_s16_imagenet.ROWS],
 ]
 
 
 @pytest.mark.parametrize("name,arg", RUNNABLE)
-def test_config_builds_a_valid_model(name, arg):
+def test_config_builds_a_valid_model_in_every_phase(name, arg):
   module = importlib.import_module(f"configs.{name}")
   config = module.get_config(arg)
   model = train.build_model(config, num_classes=1000)
   assert model.image_size == config.data.image_size
   assert f"python main.py --config configs/{name}.py" in module.__doc__
+  phases = schedule.make_phases(
+      routing=model.routing, drop_warmup_steps=int(config.drop_warmup_epochs * 10),
+      total_steps=int(config.num_epochs * 10), steps_per_epoch=10,
+      toe=train.toe_schedule(config, model.num_patches), num_patches=model.num_patches)
+  for phase in phases:
+    model.clone(routing=phase.routing, toe=phase.toe)  # validates each phase's layout
+
+
+def test_toe_configs_token_counts_and_speedup():
+  deit_s = train.toe_schedule(toe_deit_s_imagenet.get_config(), 196)
+  assert [deit_s.plan(196, e).num_out for e in (0, 100)] == [99, 148]
+  assert deit_s.plan(196, 200) is None
+  deit_t = train.toe_schedule(toe_deit_s_imagenet.get_config("deit_t"), 196)
+  assert [deit_t.plan(196, e).num_out for e in (0, 100)] == [117, 156]
+  phases = schedule.make_phases(routing=RoutingConfig(), drop_warmup_steps=0, total_steps=300,
+                                toe=deit_s, steps_per_epoch=1, num_patches=196)
+  speedup = flops.schedule_speedup("S/16", image_size=224, num_classes=1000, phases=phases)
+  assert round(speedup, 2) == 1.31
 
 
 def test_paper_rows_map_to_routing():

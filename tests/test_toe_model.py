@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from skipvit_jax import RoutingConfig, ViT, flops, toe, train
+from skipvit_jax import RoutingConfig, ViT, flops, toe, train, training_step
 from tests import test_train
 from tests.jax_testing import count_compilations
 
@@ -81,16 +81,16 @@ def test_training_crosses_every_toe_stage_and_resumes_into_stage_two(tmp_path, m
                "eval_every_epochs": 10.0, "routing.drop_ratios": (0.5,)}
   config = test_train.tiny_config(data_dir, **overrides)  # 4 steps per epoch, 12 steps
   traced = []
-  original = train.train_step
+  original = training_step.train_step
 
   def counting_train_step(state, batch, **kwargs):  # runs only while tracing
     traced.append((kwargs["model"].toe.num_out if kwargs["model"].toe else None,
                    kwargs["model"].routing.routes))
     return original(state, batch, **kwargs)
 
-  monkeypatch.setattr(train, "train_step", counting_train_step)
+  monkeypatch.setattr(training_step, "train_step", counting_train_step)
   with count_compilations("_fun") as compiles:
-    train.train_and_evaluate(config, str(tmp_path / "straight"))
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
   # Stage 1 during the drop warm-up, stage 2 routed, stage 3 (ToE off) routed: one compile each.
   assert traced == [(33, False), (49, True), (None, True)]
   assert compiles[0] == 3 + 2, compiles[1]  # and the two evaluations at the end
@@ -98,9 +98,7 @@ def test_training_crosses_every_toe_stage_and_resumes_into_stage_two(tmp_path, m
   stopped = test_train.tiny_config(data_dir, **overrides, stop_after_step=6)  # inside stage 2
   train.train_and_evaluate(stopped, str(tmp_path / "resumed"))
   traced.clear()
-  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert traced == [(49, True), (None, True)]  # resumed straight into stage 2
-  _, straight = test_train._final_params(tmp_path / "straight")
-  _, resumed = test_train._final_params(tmp_path / "resumed")
-  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)

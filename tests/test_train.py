@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from skipvit_jax import train
+from skipvit_jax import train, training_step
 from skipvit_jax.checkpointing import Checkpoints
 from skipvit_jax.data import pipeline
 from tests.jax_testing import count_compilations
@@ -54,14 +54,6 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-def _final_params(workdir):
-  checkpoints = Checkpoints(str(workdir), keep=3)
-  step = checkpoints.latest_step()
-  restored = checkpoints._manager.restore(step)  # pylint: disable=protected-access
-  checkpoints.close()
-  return step, restored["params"]
-
-
 def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
   workdir = tmp_path / "run"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -98,27 +90,26 @@ def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
 
 def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
   config = tiny_config(data_dir, eval_every_epochs=10.0)
-  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
   interrupted = tiny_config(data_dir, eval_every_epochs=10.0, stop_after_step=3)
-  train.train_and_evaluate(interrupted, str(tmp_path / "resumed"))
+  assert train.train_and_evaluate(interrupted, str(tmp_path / "resumed")).step == 3
   assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 3
-  train.train_and_evaluate(config, str(tmp_path / "resumed"))  # picks up at step 3
-  step_a, params_a = _final_params(tmp_path / "straight")
-  step_b, params_b = _final_params(tmp_path / "resumed")
-  assert step_a == step_b == 8
-  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))  # picks up at step 3
+  assert straight.step == resumed.step == 8
+  assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 8
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, monkeypatch):
   traced_routings = []
-  original = train.train_step
+  original = training_step.train_step
 
   def counting_train_step(state, batch, **kwargs):  # runs only while tracing
     traced_routings.append(kwargs["model"].routing)
     return original(state, batch, **kwargs)
 
-  monkeypatch.setattr(train, "train_step", counting_train_step)
+  monkeypatch.setattr(training_step, "train_step", counting_train_step)
   with count_compilations("_fun") as compiles:  # pmap's programs
     train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
   assert [r.routes for r in traced_routings] == [False, True]  # warm-up, then routed

@@ -261,7 +261,8 @@ class ViT(nn.Module):
     routing: which layers drop tokens and how (default: none).
     toe: a ToE plan (skipvit_jax/toe.py) reducing the tokens after layer 1, or None. Drop
       layers then rank and restore within ToE's reduced sequence.
-    attention: attention implementation name (see skipvit_jax.attention).
+    attention: attention implementation name (see skipvit_jax.attention; "auto" picks per
+      backend).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32, logits float32.
 
   aux:
@@ -284,7 +285,7 @@ class ViT(nn.Module):
   stochastic_depth: float = 0.0
   routing: RoutingConfig = RoutingConfig()
   toe: toe_lib.ToEPlan | None = None
-  attention: str = "xla"
+  attention: str = "auto"
   dtype: Any = jnp.float32
 
   def __post_init__(self):

@@ -1,0 +1,236 @@
+"""Training-step throughput of routed configurations against the dense ViT, in one process.
+
+  python benchmarks/train_step.py                       # ViT-S/16, 224 px, every config
+  python benchmarks/train_step.py --variant=Te/4 --image_size=32 --batch_size=8 --steps=3 \
+      --configs=dense,6-55-11                           # a seconds-long smoke run
+
+Runs the trainer's own step (skipvit_jax.training_step: forward, backward, pmean, AdamW update,
+pmap'd over the local devices) on synthetic batches already on the devices, so the input
+pipeline is out of the picture. Configurations are interleaved round by round, so a machine
+that speeds up or slows down during the run affects all of them alike. Per configuration:
+images/s (median over the timed steps), the step's device memory (XLA's memory analysis of the
+compiled step: arguments + outputs + temporaries), achieved FLOP/s and MFU against a peak
+measured in the same run with a large matmul, the measured speedup over the dense step, the
+FLOP-ideal speedup and the realised fraction of the ideal gain ((measured - 1) / (ideal - 1)).
+Prints a table (stderr) and one JSON object (stdout, or --json_out).
+
+Imports no data stack: runs where only JAX, Flax and optax are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import timing
+from skipvit_jax import flops, parallel, toe, training_step
+from skipvit_jax.models.vit import ViT
+from skipvit_jax.routing import RoutingConfig
+
+# The SkipViT paper's Table 1 rows (drop layers - ratios % - return layer or "fused").
+PAPER_ROWS = (
+    "6-45-fused", "4.7-30.30-10", "4.7-30.30-11", "6.8-35.35-10", "6.8-35.35-11",
+    "6-45-11", "6-50-11", "6-55-11",
+)
+# ToE's DeiT-S schedule (r0 0.25, rates 0.5 / 0.75 / 1.0, 2 sub-steps); stage 3 is dense.
+TOE_DEIT_S = dict(expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0), init_rate=0.25,
+                  substeps=2)
+DEFAULT_CONFIGS = ("dense",) + PAPER_ROWS + ("toe1", "toe2", "toe1+6-55-11")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  name: str
+  routing: RoutingConfig
+  toe_stage: int  # 0: no ToE
+
+
+def parse_config(name: str) -> BenchConfig:
+  """'dense', a paper row ('6-55-11', '6-45-fused'), 'toe1'/'toe2', or 'toe<k>+<row>'."""
+  toe_stage, row = 0, name
+  if name.startswith("toe"):
+    stage, _, row = name[3:].partition("+")
+    toe_stage = int(stage)
+  if row in ("dense", ""):
+    return BenchConfig(name, RoutingConfig(), toe_stage)
+  layers, ratios, back = row.split("-")
+  fused = back == "fused"
+  routing = RoutingConfig(
+      drop_layers=tuple(int(x) for x in layers.split(".")),
+      drop_ratios=tuple(int(x) / 100 for x in ratios.split(".")),
+      return_layer=None if fused else int(back), mode="fused" if fused else "skip",
+  )
+  return BenchConfig(name, routing, toe_stage)
+
+
+def build_step(bench: BenchConfig, args, optimizer):
+  """(pmapped step, replicated state, device batch, model) for one configuration."""
+  model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size,
+              routing=bench.routing, attention=args.attention, dtype=DTYPES[args.dtype])
+  if bench.toe_stage:
+    plan = toe.make_plan(model.num_patches, epoch=bench.toe_stage - 1, **TOE_DEIT_S)
+    model = model.clone(toe=plan if plan.active else None)
+  step = jax.pmap(
+      functools.partial(
+          training_step.train_step, model=model, optimizer=optimizer,
+          learning_rate=lambda count: args.lr, regularization=training_step.Regularization(),
+          seed=0,
+      ),
+      axis_name=parallel.AXIS, donate_argnums=(0,),
+  )
+  state = parallel.replicate(training_step.init_state(model.clone(routing=RoutingConfig(), toe=None),
+                                                      optimizer, seed=0))
+  rng = np.random.default_rng(0)
+  batch = parallel.device_put_sharded(parallel.shard({
+      "image": rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(np.float32),
+      "label": rng.integers(0, args.num_classes, size=args.batch_size).astype(np.int32),
+  }))
+  return step, state, batch, model
+
+
+def compile_step(step, state, batch):
+  """(compiled step, its device memory in bytes or None): XLA's memory analysis of the very
+  program that is timed (arguments + outputs + temporaries, less donated aliases)."""
+  compiled = step.lower(state, batch).compile()
+  analysis = compiled.memory_analysis()
+  if analysis is None:  # not every backend reports it
+    return compiled, None
+  return compiled, int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                       + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def run(args) -> dict:
+  devices = jax.local_devices()
+  optimizer = optax.adamw(args.lr, weight_decay=0.05)
+  configs = [parse_config(name) for name in args.configs.split(",")]
+  if configs[0].name != "dense":
+    configs.insert(0, parse_config("dense"))  # the baseline every speedup is measured against
+
+  peak = timing.peak_matmul_flops(DTYPES[args.dtype], args.matmul_size)
+  steps, states, batches, models, memory = {}, {}, {}, {}, {}
+  for bench in configs:  # compile and warm up everything before any timing
+    step, state, batch, model = build_step(bench, args, optimizer)
+    step, memory[bench.name] = compile_step(step, state, batch)
+    for _ in range(args.warmup):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    steps[bench.name], states[bench.name], batches[bench.name] = step, state, batch
+    models[bench.name] = model
+
+  times = {bench.name: [] for bench in configs}
+  per_round = max(1, -(-args.steps // args.rounds))
+  for _ in range(args.rounds):
+    for bench in configs:
+      step, batch = steps[bench.name], batches[bench.name]
+      for _ in range(per_round):
+        start = time.perf_counter()
+        states[bench.name], metrics = step(states[bench.name], batch)
+        jax.block_until_ready(metrics)
+        times[bench.name].append(time.perf_counter() - start)
+
+  flop_args = dict(image_size=args.image_size, num_classes=args.num_classes)
+  dense_rate = None
+  results = []
+  for bench in configs:
+    model = models[bench.name]
+    macs = flops.forward_macs(args.variant, routing=bench.routing, toe=model.toe, **flop_args)
+    seconds = statistics.median(times[bench.name])
+    rate = args.batch_size / seconds
+    dense_rate = dense_rate or rate
+    train_flops = 3 * 2 * macs.total * args.batch_size  # forward + backward (2x) per step
+    ideal = flops.ideal_speedup(args.variant, routing=bench.routing, toe=model.toe, **flop_args)
+    measured = rate / dense_rate
+    results.append({
+        "config": bench.name,
+        "tokens_per_layer": [a for a, _ in (model.routing_plan.tokens_per_layer())],
+        "toe_tokens": model.toe.num_out if model.toe else None,
+        "images_per_sec": rate,
+        "step_ms_median": seconds * 1e3,
+        "timed_steps": len(times[bench.name]),
+        "step_memory_mib": memory[bench.name] / 2**20 if memory[bench.name] else None,
+        "achieved_tflops": train_flops / seconds / 1e12 / len(devices),
+        "mfu": train_flops / seconds / len(devices) / peak,
+        "measured_speedup": measured,
+        "ideal_speedup": ideal,
+        "realised_fraction_of_ideal_gain": (measured - 1) / (ideal - 1) if ideal > 1 else None,
+    })
+  return {
+      "benchmark": "train_step",
+      "date": datetime.date.today().isoformat(),
+      "jax_version": jax.__version__,
+      "backend": jax.default_backend(),
+      "device_kind": devices[0].device_kind,
+      "local_devices": len(devices),
+      "variant": args.variant, "image_size": args.image_size, "batch_size": args.batch_size,
+      "dtype": args.dtype, "attention": args.attention,
+      "peak_matmul_tflops_per_device": peak / 1e12,
+      "results": results,
+  }
+
+
+def table(report: dict) -> str:
+  lines = [
+      f"train step, {report['variant']} {report['image_size']}px, global batch "
+      f"{report['batch_size']}, {report['dtype']}, attention {report['attention']}, "
+      f"{report['local_devices']}x {report['device_kind']}, JAX {report['jax_version']}, "
+      f"peak matmul {report['peak_matmul_tflops_per_device']:.3f} TFLOP/s per device",
+      f"{'config':<16}{'img/s':>10}{'ms/step':>10}{'mem MiB':>10}{'MFU':>8}"
+      f"{'speedup':>9}{'ideal':>8}{'realised':>10}",
+  ]
+  for r in report["results"]:
+    realised = r["realised_fraction_of_ideal_gain"]
+    memory = r["step_memory_mib"]
+    lines.append(
+        f"{r['config']:<16}{r['images_per_sec']:>10.1f}{r['step_ms_median']:>10.1f}"
+        f"{(f'{memory:.0f}' if memory else '-'):>10}{r['mfu']:>8.1%}{r['measured_speedup']:>9.3f}"
+        f"{r['ideal_speedup']:>8.3f}{(f'{realised:.0%}' if realised is not None else '-'):>10}")
+  return "\n".join(lines)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--variant", default="S/16")
+  parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--num_classes", type=int, default=1000)
+  parser.add_argument("--batch_size", type=int, default=256, help="global, over local devices")
+  parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+  parser.add_argument("--attention", default="xla")
+  parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
+  parser.add_argument("--steps", type=int, default=20, help="timed steps per config (>= 20)")
+  parser.add_argument("--rounds", type=int, default=4, help="interleaving rounds")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--lr", type=float, default=1e-4)
+  parser.add_argument("--matmul_size", type=int, default=4096)
+  parser.add_argument("--json_out", default="")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  report = run(args)
+  print(table(report), file=sys.stderr)
+  text = json.dumps(report, indent=1)
+  if args.json_out:
+    Path(args.json_out).write_text(text)
+  print(text)
+  return report
+
+
+if __name__ == "__main__":
+  main()

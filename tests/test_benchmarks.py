@@ -1,0 +1,38 @@
+"""Smoke tests of the benchmarks at tiny sizes: the JSON they print is complete and sane."""
+
+import pytest
+
+from benchmarks import train_step
+from skipvit_jax import flops
+
+
+def test_train_step_benchmark_smoke():
+  report = train_step.main([
+      "--variant=Te/4", "--image_size=32", "--num_classes=10", "--batch_size=4",
+      "--dtype=float32", "--steps=2", "--rounds=2", "--warmup=1", "--matmul_size=256",
+      "--configs=6-55-11,6-45-fused,toe1+6-55-11",
+  ])
+  assert [r["config"] for r in report["results"]] == [
+      "dense", "6-55-11", "6-45-fused", "toe1+6-55-11"]
+  assert report["peak_matmul_tflops_per_device"] > 0
+  for r in report["results"]:
+    assert r["images_per_sec"] > 0 and r["measured_speedup"] > 0 and r["timed_steps"] == 2
+    assert 0 < r["mfu"]
+    config = train_step.parse_config(r["config"])
+    toe_plan = None
+    if config.toe_stage:
+      toe_plan = train_step.toe.make_plan(64, epoch=config.toe_stage - 1, **train_step.TOE_DEIT_S)
+    assert r["ideal_speedup"] == pytest.approx(flops.ideal_speedup(
+        "Te/4", image_size=32, num_classes=10, routing=config.routing, toe=toe_plan), rel=1e-12)
+  dense = report["results"][0]
+  assert dense["measured_speedup"] == 1.0 and dense["ideal_speedup"] == 1.0
+  assert report["results"][3]["toe_tokens"] == 33
+
+
+def test_paper_rows_parse_to_the_configs_routing():
+  row = train_step.parse_config("4.7-30.30-10")
+  assert (row.routing.drop_layers, row.routing.drop_ratios, row.routing.return_layer) == (
+      (4, 7), (0.3, 0.3), 10)
+  fused = train_step.parse_config("6-45-fused")
+  assert fused.routing.mode == "fused" and fused.routing.return_layer is None
+  assert train_step.parse_config("toe2+6-55-11").toe_stage == 2
