@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import signal
 import time
 from typing import Any
@@ -200,6 +201,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = parallel.replicate(state)
 
   writer = MetricWriter(workdir)
+  if jax.process_index() == 0:  # what produced this workdir, for notebooks and sweeps
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json(indent=1))
   if start_step == 0:
     writer.write_text(0, "config", str(config))
     writer.write(0, {
