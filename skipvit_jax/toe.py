@@ -8,8 +8,9 @@ with keep rate 1.0, and at evaluation, ToE is off and the model is a plain full-
 
 `make_plan` turns the schedule and the epoch into a `ToEPlan`: every count is a Python int
 computed with the reference's own float expressions and truncations, so each stage is one
-fixed-shape XLA program. `expand_tokens` applies a plan. The exact behaviour (quirks
-included) is specified in `shared/design/toe.md`; section numbers below refer to it.
+fixed-shape XLA program. `expand_tokens` applies a plan; `merge_assignment` returns the
+same decisions per patch (for visualisation). The exact behaviour (quirks included) is
+specified in `shared/design/toe.md`; section numbers below refer to it.
 """
 
 from __future__ import annotations
@@ -251,6 +252,45 @@ def expand_tokens(
   out = jnp.concatenate([x[:, :1], selected.astype(x.dtype)], axis=1)
   cls_index = jnp.zeros((x.shape[0], 1), jnp.int32)
   return out, jnp.concatenate([cls_index, selected_idx.astype(jnp.int32) + 1], axis=1)
+
+
+def merge_assignment(
+    x: jax.Array, plan: ToEPlan, *, precision: jax.lax.PrecisionLike = None
+) -> jax.Array:
+  """The output slot of `expand_tokens` that every patch ends up in (its merge group).
+
+  The same decisions as `expand_tokens(x, plan, precision=precision)` (the same similarities,
+  expansion and hosts), returned per patch instead of applied: a selected patch is in its own
+  slot, an unselected one in the slot of the selected token it is averaged into. Patches with
+  equal slots form one output token. Jit with `plan` and `precision` static.
+
+  Args:
+    x: (B, 1 + P, C), [CLS] first: the output of the first block.
+    plan: from `make_plan`, with plan.num_patches == P.
+    precision: as in `expand_tokens`; pass the same value to get the same decisions.
+
+  Returns:
+    (B, P) int32 in 1..S, indices into `expand_tokens`' output sequence ([CLS] is 0, so no
+    patch maps there); arange(1, 1 + P) when the plan is inactive.
+  """
+  if x.ndim != 3 or x.shape[1] != 1 + plan.num_patches:
+    raise ValueError(
+        f"x must be (B, 1 + P, C) with P = plan.num_patches = {plan.num_patches}, got {x.shape}"
+    )
+  batch, num_patches = x.shape[0], plan.num_patches
+  if not plan.active:
+    return jnp.broadcast_to(jnp.arange(1, 1 + num_patches, dtype=jnp.int32), (batch, num_patches))
+  sims = _cosine_similarities(x[:, 1:], precision)
+  selected_idx, remaining_idx = _expand(sims, plan)
+  slots = jnp.arange(1, 1 + plan.num_selected, dtype=jnp.int32)
+  positions, slot_of = selected_idx, jnp.broadcast_to(slots, selected_idx.shape)
+  if plan.num_merged:
+    hosts = jnp.argmax(_pair_similarities(sims, remaining_idx, selected_idx), axis=-1)
+    positions = jnp.concatenate([positions, remaining_idx], axis=1)  # (B, P), a permutation
+    slot_of = jnp.concatenate([slot_of, 1 + hosts.astype(jnp.int32)], axis=1)
+  # Invert the permutation: the entry listing position p moves to column p.
+  order = jnp.argsort(positions, axis=-1)
+  return jnp.take_along_axis(slot_of, order, axis=1)
 
 
 def _cosine_similarities(patches: jax.Array, precision: jax.lax.PrecisionLike) -> jax.Array:

@@ -1,0 +1,306 @@
+"""skipvit_jax.viz: attention maps on the patch grid, kept-patch overlays, ToE seeds / order /
+merge groups (toe.merge_assignment against tests/toe_reference.py), sweep records and the
+Pareto front."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from skipvit_jax import RoutingConfig, ViT, toe, viz
+from tests import toe_reference
+
+HIGHEST = jax.lax.Precision.HIGHEST
+TINY = dict(variant="Te/4", image_size=32, num_classes=8)  # 64 patches of 4x4 pixels
+SKIP = RoutingConfig((6,), (0.5,), 11)  # keep 32 of 64 at layer 6, back before layer 11
+TOE_SCHEDULE = dict(expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0), init_rate=0.25,
+                    substeps=2)
+STAGE1 = toe.make_plan(64, epoch=0, **TOE_SCHEDULE)  # 16 seeds + 8 + 8 -> 32 of 64 patches
+
+
+def _forward(model, batch=2, seed=0):
+  images = jax.random.normal(jax.random.key(seed), (batch, 32, 32, 3))
+  params = model.init(jax.random.key(1), images, train=False)["params"]
+  _, aux = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False,
+                                            capture_attention=True))(params, images)
+  return jax.device_get(aux)
+
+
+@pytest.fixture(scope="module")
+def skip_aux():
+  return _forward(ViT(**TINY, routing=SKIP))
+
+
+@pytest.fixture(scope="module")
+def toe_skip_aux():
+  return _forward(ViT(**TINY, routing=SKIP, toe=STAGE1), seed=3)
+
+
+# --------------------------------------------------------------------------------------------
+# [CLS] attention maps.
+
+
+def test_cls_rows_sum_to_one_and_maps_cover_the_patch_grid(skip_aux):
+  rows = viz.cls_attention_rows(skip_aux)
+  assert [r.shape for r in rows] == [(2, 65)] * 6 + [(2, 33)] * 4 + [(2, 65)] * 2
+  for row in rows:
+    np.testing.assert_allclose(row.sum(axis=1), 1.0, rtol=1e-5)
+
+  maps = viz.cls_attention_maps(skip_aux, 64, routing=SKIP)
+  assert maps.shape == (12, 2, 64) and maps.dtype == np.float32
+  present = ~np.isnan(maps)
+  assert present[:6].all() and present[10:].all()
+  kept = skip_aux["routing"][0]["kept_positions"]
+  for layer in range(7, 11):  # only the kept patches have tokens between drop and return
+    np.testing.assert_array_equal(present[layer - 1], viz.kept_mask(skip_aux, 0, 64))
+    for b in range(2):
+      np.testing.assert_array_equal(maps[layer - 1, b, kept[b]], rows[layer - 1][b, 1:])
+  # What is not on the grid is exactly [CLS]'s attention to itself.
+  np.testing.assert_allclose(np.nansum(maps, axis=2), 1.0 - np.stack([r[:, 0] for r in rows]),
+                             rtol=1e-5)
+
+
+def _fake_aux(out_index, keep_idx, token_counts, kept_positions, dropped_positions):
+  """One image whose [CLS] row at layer l gives token j the value 100 l + j (unnormalised, so
+  every value says where it came from)."""
+  attention = []
+  for layer, n in enumerate(token_counts, start=1):
+    probs = np.zeros((1, 2, n, n), np.float32)
+    probs[:, :, 0, :] = 100 * layer + np.arange(n)
+    attention.append(probs)
+  record = {"keep_idx": np.array([keep_idx]), "kept_positions": np.array([kept_positions]),
+            "dropped_positions": np.array([dropped_positions])}
+  return {"attention": tuple(attention), "routing": (record,),
+          "toe": {"out_index": np.array([out_index])}}
+
+
+@pytest.mark.parametrize(
+    "routing,token_counts,seen_at",
+    [
+        # Of 4 patches ToE keeps 2, 0, 3 (that order; 1 is merged); layer 3 keeps ToE tokens
+        # 0 and 2 (patches 2 and 3) after its attention; all 3 ToE tokens return before 5.
+        (RoutingConfig((3,), (0.34,), 5), (5, 4, 4, 3, 4),
+         [(0, 1, 2, 3), (2, 0, 3), (2, 0, 3), (2, 3), (2, 0, 3)]),
+        # Split before layer 3's attention: layer 3 already sees the kept tokens only.
+        (RoutingConfig((3,), (0.34,), 5, drop_point="block_input"), (5, 4, 3, 3, 4),
+         [(0, 1, 2, 3), (2, 0, 3), (2, 3), (2, 3), (2, 0, 3)]),
+        # EViT: a fused token (no patch) is appended after the kept ones; nothing returns.
+        (RoutingConfig((3,), (0.34,), mode="fused"), (5, 4, 4, 4, 4),
+         [(0, 1, 2, 3), (2, 0, 3), (2, 0, 3), (2, 3, -1), (2, 3, -1)]),
+    ],
+)
+def test_tokens_map_back_to_their_patch_positions(routing, token_counts, seen_at):
+  aux = _fake_aux(out_index=[0, 3, 1, 4], keep_idx=[0, 2], token_counts=token_counts,
+                  kept_positions=[2, 3], dropped_positions=[0])
+  positions = viz.layer_token_positions(aux, 4, routing=routing)
+  assert [tuple(p[0]) for p in positions] == seen_at
+
+  maps = viz.cls_attention_maps(aux, 4, routing=routing)
+  for layer, seen in enumerate(seen_at, start=1):
+    want = np.full(4, np.nan, np.float32)
+    for j, position in enumerate(seen):
+      if position >= 0:
+        want[position] = 100 * layer + 1 + j  # key 1 + j is the j-th non-[CLS] token
+    np.testing.assert_array_equal(maps[layer - 1, 0], want)
+
+
+def test_wrong_routing_for_the_aux_is_rejected(skip_aux):
+  with pytest.raises(ValueError, match="layer 6: attention covers 65 tokens"):
+    viz.cls_attention_maps(skip_aux, 64, routing=RoutingConfig((5,), (0.5,), 11))
+
+
+def test_toe_positions_follow_out_index_and_keep_idx(toe_skip_aux):
+  positions = viz.layer_token_positions(toe_skip_aux, 64, routing=SKIP)
+  toe_positions = toe_skip_aux["toe"]["out_index"][:, 1:] - 1
+  assert [p.shape[1] for p in positions] == [64] + [32] * 5 + [16] * 4 + [32] * 2
+  for layer in (2, 6, 11, 12):
+    np.testing.assert_array_equal(positions[layer - 1], toe_positions)
+  record = toe_skip_aux["routing"][0]
+  np.testing.assert_array_equal(
+      np.take_along_axis(positions[5], record["keep_idx"], axis=1), record["kept_positions"])
+  maps = viz.cls_attention_maps(toe_skip_aux, 64, routing=SKIP)
+  assert (~np.isnan(maps)).sum(axis=2).tolist() == [[n, n] for n in [64] + [32] * 5 + [16] * 4 + [32] * 2]
+
+
+# --------------------------------------------------------------------------------------------
+# Kept patches.
+
+
+def test_overlay_paints_exactly_the_kept_and_dropped_patches(skip_aux):
+  record = skip_aux["routing"][0]
+  # Without ToE the sequence at layer 6 is in patch order: positions are the indices.
+  np.testing.assert_array_equal(record["kept_positions"], record["keep_idx"])
+  fates = viz.patch_fates(skip_aux, 0, 64)
+  kept = viz.kept_mask(skip_aux, 0, 64)
+  np.testing.assert_array_equal(kept, fates == viz.KEPT)
+  red, blue = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)
+  for b in range(2):
+    painted = viz.overlay_patches(np.zeros((32, 32, 3), np.uint8), fates[b], 4,
+                                  {viz.KEPT: red, viz.DROPPED: blue}, alpha=1.0)
+    for position in range(64):
+      block = painted[4 * (position // 8):4 * (position // 8 + 1), 4 * (position % 8):4 * (position % 8 + 1)]
+      want = red if position in record["keep_idx"][b] else blue
+      assert position in record["keep_idx"][b] or position in record["drop_idx"][b]
+      np.testing.assert_array_equal(block, np.broadcast_to(want, (4, 4, 3)))
+
+
+def test_overlay_blends_and_leaves_uncoloured_labels():
+  image = np.full((4, 4, 3), 0.5, np.float32)
+  labels = np.array([True, False, False, True])  # a 2x2 patch grid of 2x2 pixels
+  out = viz.overlay_patches(image, labels, 2, {False: (1.0, 1.0, 1.0), True: None}, alpha=0.5)
+  np.testing.assert_array_equal(out[:2, :2], image[:2, :2])
+  np.testing.assert_allclose(out[:2, 2:], 0.75)
+  np.testing.assert_allclose(out[2:, :2], 0.75)
+
+
+def test_fates_mark_toe_merged_patches_absent(toe_skip_aux):
+  fates = viz.patch_fates(toe_skip_aux, 0, 64)
+  rank = viz.toe_selection_rank(toe_skip_aux["toe"]["out_index"], 64)
+  np.testing.assert_array_equal(fates == viz.ABSENT, rank < 0)
+  assert ((fates == viz.KEPT).sum(axis=1) == 16).all()
+  assert ((fates == viz.DROPPED).sum(axis=1) == 16).all()
+
+
+# --------------------------------------------------------------------------------------------
+# ToE.
+
+
+def _toe_input(seed, batch=2, num_patches=64, width=8):
+  return np.asarray(jax.random.normal(jax.random.key(seed), (batch, 1 + num_patches, width)))
+
+
+@pytest.mark.parametrize("epoch", [0, 1])  # stages 1 and 2: 32 and 48 of 64 patches
+def test_merge_assignment_matches_the_reference(epoch):
+  plan = toe.make_plan(64, epoch=epoch, **TOE_SCHEDULE)
+  x = _toe_input(seed=epoch)
+  slots = np.asarray(jax.jit(toe.merge_assignment, static_argnames=("plan", "precision"))(
+      x, plan, precision=HIGHEST))
+  assert slots.shape == (2, 64) and slots.dtype == np.int32
+  for b in range(2):
+    selected, remaining, hosts, margin = toe_reference.select(x[b, 1:], plan.seeds, plan.adds)
+    assert margin > 1e-5  # decisions are not near-ties at float32
+    want = np.zeros(64, np.int64)
+    want[selected] = np.arange(1, 1 + len(selected))
+    want[remaining] = 1 + np.array(hosts)
+    np.testing.assert_array_equal(slots[b], want)
+
+
+def test_merge_assignment_groups_are_the_merged_tokens():
+  x = _toe_input(seed=5)
+  out, out_index = toe.expand_tokens(x, STAGE1, precision=HIGHEST)
+  slots = np.asarray(toe.merge_assignment(x, STAGE1, precision=HIGHEST))
+  for b in range(2):
+    for slot in range(1, 1 + STAGE1.num_selected):
+      members = np.flatnonzero(slots[b] == slot)
+      assert out_index[b, slot] - 1 in members  # the selected token heads its own group
+      np.testing.assert_allclose(out[b, slot], x[b, 1 + members].mean(axis=0), rtol=1e-5,
+                                 atol=1e-6)
+
+
+def test_merge_assignment_of_an_inactive_plan_is_the_identity():
+  plan = toe.make_plan(64, epoch=2, **TOE_SCHEDULE)
+  assert not plan.active
+  np.testing.assert_array_equal(toe.merge_assignment(_toe_input(0), plan),
+                                np.broadcast_to(np.arange(1, 65), (2, 64)))
+
+
+def test_selection_rank_and_expansion_step():
+  x = _toe_input(seed=7)
+  _, out_index = toe.expand_tokens(x, STAGE1, precision=HIGHEST)
+  rank = viz.toe_selection_rank(np.asarray(out_index), 64)
+  steps = viz.toe_expansion_step(rank, STAGE1)
+  for b in range(2):
+    selected, remaining, _, _ = toe_reference.select(x[b, 1:], STAGE1.seeds, STAGE1.adds)
+    np.testing.assert_array_equal(rank[b, selected], np.arange(32))
+    assert (rank[b, remaining] == -1).all() and (steps[b, remaining] == -1).all()
+    # 16 seeds, then sub-steps of 8 and 8 (STAGE1.adds).
+    np.testing.assert_array_equal(steps[b, selected], [0] * 16 + [1] * 8 + [2] * 8)
+    np.testing.assert_array_equal(np.flatnonzero(steps[b] == 0), STAGE1.seeds)
+
+
+def test_expansion_step_skips_empty_substeps():
+  plan = toe.ToEPlan(1, True, (0, 4), (0, 2), 4, 5, 8)
+  rank = np.array([[0, -1, 2, -1, 1, 3, -1, -1]])
+  np.testing.assert_array_equal(viz.toe_expansion_step(rank, plan), [[0, -1, 2, -1, 0, 2, -1, -1]])
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps.
+
+
+def test_pareto_front_of_a_hand_made_set():
+  points = np.array([
+      [1.0, 0.80],  # 0: dense baseline, most accurate
+      [1.2, 0.79],  # 1: front
+      [1.2, 0.75],  # 2: same speed as 1, less accurate
+      [1.1, 0.78],  # 3: dominated by 1
+      [1.5, 0.70],  # 4: front
+      [1.4, 0.70],  # 5: dominated by 4 (same accuracy, slower)
+      [1.5, 0.70],  # 6: equal to 4: both kept
+      [0.9, 0.60],  # 7: dominated by 0
+  ])
+  np.testing.assert_array_equal(viz.pareto_front(points), [0, 1, 4, 6])
+  assert viz.pareto_front(np.zeros((0, 2))).tolist() == []
+  with pytest.raises(ValueError, match=r"\(N, 2\)"):
+    viz.pareto_front(np.zeros((3,)))
+
+
+def _row(name, status="done", overrides="", **metrics):
+  """A results.json row as skipvit_jax/sweep.py writes it (the fields viz reads)."""
+  return {"name": name, "seed": 0, "base": "configs/default.py:baseline", "overrides": overrides,
+          "status": status, "top1": None, "speedup_measured": None, **metrics}
+
+
+def test_sweep_rows_load_filter_and_parse_overrides(tmp_path):
+  rows = [
+      _row("dense", top1=0.31, speedup_measured=1.0),
+      _row("4.7-30.30-10", top1=0.30, speedup_measured=1.2,
+           overrides="routing.drop_layers=(4, 7) routing.drop_ratios=(0.3, 0.3) "
+                     "routing.return_layer=10 drop_warmup_epochs=1.0"),
+      _row("6-45-fused", top1=0.29, speedup_measured=1.3,
+           overrides="routing.drop_layers=(6,) routing.drop_ratios=(0.45,) routing.mode=fused "
+                     "toe.enabled=true"),
+      _row("bad", status="failed", overrides="routing.return_layer=3"),
+      _row("nan", top1=float("nan"), speedup_measured=1.1),
+  ]
+  (tmp_path / "results.json").write_text(json.dumps({"sweep": "s.py", "runs": rows}))
+  loaded = viz.load_sweep_results(str(tmp_path))
+  assert [r["name"] for r in loaded] == ["dense", "4.7-30.30-10", "6-45-fused", "bad", "nan"]
+  assert loaded[1]["overrides"] == {
+      "routing.drop_layers": (4, 7), "routing.drop_ratios": (0.3, 0.3),
+      "routing.return_layer": 10, "drop_warmup_epochs": 1.0}
+  assert loaded[2]["overrides"] == {
+      "routing.drop_layers": (6,), "routing.drop_ratios": (0.45,), "routing.mode": "fused",
+      "toe.enabled": True}
+  done = viz.completed_runs(loaded, viz.ACCURACY, viz.SPEEDUP)
+  assert [r["name"] for r in done] == ["dense", "4.7-30.30-10", "6-45-fused"]
+  assert viz.sweep_parameter(done[1], "routing.return_layer") == 10
+  assert viz.sweep_parameter(done[0], "routing.return_layer") is None  # the base config's
+
+
+def test_plots_draw_without_a_display(skip_aux):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  images = np.zeros((2, 32, 32, 3), np.uint8)
+  maps = viz.cls_attention_maps(skip_aux, 64, routing=SKIP)
+  x = _toe_input(seed=1)
+  _, out_index = toe.expand_tokens(x, STAGE1)
+  rank = viz.toe_selection_rank(np.asarray(out_index), 64)
+  figures = [
+      viz.plot_cls_attention(images, maps, 4, masks=np.zeros((2, 32, 32)), drop_layers=(6,),
+                             return_layer=11),
+      viz.plot_routing(images, [viz.patch_fates(skip_aux, 0, 64)], 4, drop_layers=(6,)),
+      viz.plot_toe(images, viz.toe_expansion_step(rank, STAGE1), rank,
+                   np.asarray(toe.merge_assignment(x, STAGE1)), 4),
+      viz.plot_parameter_effects([
+          {"top1": 0.3, "speedup_measured": 1.0, "overrides": {}},
+          {"top1": 0.2, "speedup_measured": 1.3, "overrides": {"routing.drop_ratios": (0.7,)}},
+      ]),
+      viz.plot_pareto([{"name": "a", "top1": 0.3, "speedup_measured": 1.0}]).figure,
+  ]
+  assert all(len(f.axes) for f in figures)
+  plt.close("all")
