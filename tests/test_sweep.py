@@ -1,0 +1,199 @@
+"""Sweeps: sweep files load and validate, command lines, results tables, and a tiny real sweep
+(finished runs skipped, a failing run recorded while the sweep goes on, a partial run rerun)."""
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import pytest
+
+from configs import skipvit_s16_imagenet
+from configs.sweeps import paper_row
+from skipvit_jax import schedule, sweep, train
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_FILES = sorted(p for p in (REPO / "configs" / "sweeps").glob("*.py")
+                     if p.name != "__init__.py")
+ROUTED = {**paper_row("6-55-11"), "drop_warmup_epochs": 1.0}
+
+# Subprocess runs: one CPU device (no pmap split to compile for) and fast, cached compiles.
+RUN_ENV = {
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+    "JAX_COMPILATION_CACHE_DIR": str(jax.config.jax_compilation_cache_dir),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+}
+
+
+def tiny_overrides(data_dir) -> dict:
+  """tests/test_train.py's tiny_config as sweep-wide overrides: 4 steps of batch 32 per epoch,
+  2 epochs, one evaluation of 50 examples at the end."""
+  return {
+      "data.data_dir": str(data_dir), "data.synthetic.num_train": 128,
+      "data.synthetic.num_test": 50, "data.num_threads": 2, "batch_size": 32,
+      "eval_batch_size": 16, "num_epochs": 2.0, "optimizer.warmup_epochs": 0.5,
+      "log_every_steps": 2, "eval_every_epochs": 2.0, "checkpoint_every_steps": 4,
+  }
+
+
+def write_sweep(path: Path, runs: str, extra: str = "") -> Path:
+  path.write_text(f'BASE = "configs/default.py:baseline"\nRUNS = {runs}\n{extra}')
+  return path
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_sweep_file_loads_and_every_run_builds_a_valid_model(path):
+  module_doc = path.read_text().split('"""')[1]
+  assert f"python -m skipvit_jax.sweep --sweep configs/sweeps/{path.name}" in module_doc
+  loaded = sweep.load_sweep(path, seeds=(0, 1))
+  assert loaded.dense is not None
+  assert len(loaded.runs) == 2 * len({run.name for run in loaded.runs})
+  for run in loaded.runs:
+    config = sweep.build_config(sweep.config_args(run))  # what main.py gets
+    assert config.seed == run.seed
+    model = train.build_model(config, num_classes=8 if config.data.name == "synthetic" else 1000)
+    if run.name == loaded.dense:
+      assert not model.routing.routes and not config.toe.enabled
+    phases = schedule.make_phases(
+        routing=model.routing, drop_warmup_steps=int(config.drop_warmup_epochs * 10),
+        total_steps=int(config.num_epochs * 10), steps_per_epoch=10,
+        toe=train.toe_schedule(config, model.num_patches), num_patches=model.num_patches)
+    for phase in phases:
+      model.clone(routing=phase.routing, toe=phase.toe)  # validates each phase's layout
+
+
+@pytest.mark.parametrize("row", skipvit_s16_imagenet.ROWS)
+def test_paper_row_overrides_match_the_imagenet_row_config(row):
+  run = sweep.Run("r", 0, "configs/vit_s16_imagenet.py",
+                  {**paper_row(row), "drop_warmup_epochs": 15.0})
+  overridden = sweep.build_config(sweep.config_args(run))
+  assert overridden.to_dict() == skipvit_s16_imagenet.get_config(f"row={row}").to_dict()
+
+
+def test_command_line_gives_one_flag_per_field_with_sweep_overrides_winning():
+  run = sweep.Run("r", 3, "configs/default.py:toe,baseline",
+                  {"routing.drop_layers": (4, 7), "routing.drop_ratios": (0.3, 0.3),
+                   "routing.return_layer": 10, "toe.sparse_eval": True, "num_epochs": 2.0})
+  cmd = sweep.command(run, "/w", {"num_epochs": "1", "data.data_dir": "/d"})
+  assert cmd[1:] == [
+      str(REPO / "main.py"), f"--config={REPO}/configs/default.py:toe,baseline", "--config.seed=3",
+      "--config.routing.drop_layers=(4, 7)", "--config.routing.drop_ratios=(0.3, 0.3)",
+      "--config.routing.return_layer=10", "--config.toe.sparse_eval=true",
+      "--config.num_epochs=1", "--config.data.data_dir=/d", "--workdir=/w"]
+  config = sweep.build_config(cmd[2:-1])
+  assert config.seed == 3 and config.toe.enabled and config.toe.sparse_eval
+  assert tuple(config.routing.drop_layers) == (4, 7) and config.num_epochs == 1.0
+  with pytest.raises(ValueError, match="seeds"):
+    sweep.config_args(run, {"seed": 1})
+  with pytest.raises(AttributeError):
+    sweep.build_config(sweep.config_args(run, {"routing.no_such_field": 1}))
+
+
+def test_sweep_file_errors_and_seeds(tmp_path):
+  path = write_sweep(tmp_path / "s.py", '[{"name": "dense"}, {"name": "r", "overrides": {}}]',
+                     "SEEDS = (0, 1)\n")
+  assert [r.dir_name for r in sweep.load_sweep(path).runs] == [
+      "dense_seed0", "r_seed0", "dense_seed1", "r_seed1"]
+  assert [r.dir_name for r in sweep.load_sweep(path, seeds=[5]).runs] == ["dense_seed5", "r_seed5"]
+  for runs, message in [('[{"name": "a"}, {"name": "a"}]', "repeat"),
+                        ('[{"name": "a/b"}]', "file-name-safe"),
+                        ('[{"name": "a", "overide": {}}]', "unknown keys"),
+                        ('[{"name": "a", "overrides": {"seed": 1}}]', "SEEDS")]:
+    with pytest.raises(ValueError, match=message):
+      sweep.load_sweep(write_sweep(tmp_path / "bad.py", runs))
+  with pytest.raises(ValueError, match="DENSE"):
+    sweep.load_sweep(write_sweep(tmp_path / "bad.py", '[{"name": "a"}]', 'DENSE = "b"\n'))
+
+
+def _fake_run(run_dir: Path, *, top1, rate, recall=None, status="done"):
+  """A run dir as main.py and the runner leave it, without training."""
+  run_dir.mkdir(parents=True)
+  routed = {"eval/top1_all_tokens": top1 - 0.01, "eval/kept_object_recall_0": recall,
+            "eval/keep_ratio_0": 0.453} if recall is not None else {}
+  records = [{"step": 0, "flops/ideal_speedup": 1.2, "flops/run_ideal_speedup": 1.1},
+             {"step": 8, "train/loss": 1.0, "train/images_per_sec": rate},
+             {"step": 8, "eval/top1": top1, "eval/num_examples": 50.0, **routed},
+             {"step": 8, "train/steady_images_per_sec": rate}]
+  (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  (run_dir / sweep.RUN_FILE).write_text(json.dumps(
+      {"status": status, "attempts": 1, "wall_time_s": 60.0, "error": ""}))
+  if status == "done":
+    (run_dir / sweep.DONE_FILE).write_text("{}")
+
+
+def test_results_compare_with_the_same_seed_dense_run_and_aggregate_over_seeds(tmp_path):
+  path = write_sweep(tmp_path / "s.py",
+                     '[{"name": "dense"}, {"name": "r", "overrides": {"num_epochs": 2.0}}]')
+  loaded = sweep.load_sweep(path, seeds=(0, 1, 2))
+  _fake_run(tmp_path / "out/dense_seed0", top1=0.30, rate=100.0)
+  _fake_run(tmp_path / "out/dense_seed1", top1=0.32, rate=200.0)
+  _fake_run(tmp_path / "out/r_seed0", top1=0.31, rate=150.0, recall=0.7)
+  _fake_run(tmp_path / "out/r_seed1", top1=0.33, rate=250.0, recall=0.8)
+  _fake_run(tmp_path / "out/r_seed2", top1=0.35, rate=300.0, recall=0.9, status="running")
+  rows = sweep.write_results(loaded, tmp_path / "out")
+  assert [(r["name"], r["seed"], r["status"]) for r in rows] == [
+      ("dense", 0, "done"), ("r", 0, "done"), ("dense", 1, "done"), ("r", 1, "done"),
+      ("dense", 2, "pending"), ("r", 2, "incomplete")]
+  assert [r["speedup_measured"] for r in rows] == [1.0, 1.5, 1.0, 1.25, None, 2.0]  # 300 / 150
+  assert rows[0]["top1_all_tokens"] == 0.30 and rows[1]["kept_object_recall_0"] == 0.7
+  markdown = (tmp_path / "out/results.md").read_text()
+  assert "## Mean ± std over seeds" in markdown
+  assert "| r | 2 | 32.0 ± 1.4 |" in markdown  # seeds 0 and 1 finished; seed 2 did not
+  assert "0.700 (0.453)" in markdown
+
+
+def test_run_that_outlasts_the_timeout_is_stopped_and_recorded(tmp_path):
+  run = sweep.Run("dense", 0, "configs/default.py:baseline", {})
+  state = sweep.run_one(run, tmp_path / "dense_seed0", timeout=0.5, env=RUN_ENV)
+  assert state["status"] == "failed" and state["error"].startswith("timed out after 0.5 s")
+  assert not (tmp_path / "dense_seed0" / sweep.DONE_FILE).exists()
+
+
+def test_tiny_sweep_end_to_end(tmp_path):
+  path = write_sweep(tmp_path / "three.py", repr([
+      {"name": "dense"},
+      {"name": "bad", "overrides": {**ROUTED, "routing.return_layer": 3}},  # before drop layer 6
+      {"name": "6-55-11", "overrides": ROUTED},
+  ]))
+  loaded = sweep.load_sweep(path)
+  out = tmp_path / "out"
+  overrides = tiny_overrides(tmp_path / "tfds")
+  # An earlier, interrupted attempt at the routed run: no done.json, 5 s already spent.
+  (out / "6-55-11_seed0").mkdir(parents=True)
+  (out / "6-55-11_seed0" / sweep.RUN_FILE).write_text(
+      json.dumps({"status": "running", "attempts": 1, "wall_time_s": 5.0}))
+
+  rows = sweep.run_sweep(loaded, out, overrides=overrides, env=RUN_ENV)
+  dense, bad, routed = rows
+  assert [r["status"] for r in rows] == ["done", "failed", "done"]
+  assert "ValueError" in bad["error"] and "return_layer" in bad["error"]
+  assert dense["speedup_measured"] == 1.0 and dense["speedup_ideal"] == 1.0
+  assert routed["speedup_ideal"] > 1.0 and routed["speedup_measured"] > 0
+  assert routed["attempts"] == 2 and routed["wall_time_s"] > 5.0  # summed over attempts
+  assert routed["keep_ratio_0"] == pytest.approx(29 / 64)
+  assert 0 <= routed["kept_object_recall_0"] <= 1 and 0 <= routed["top1_all_tokens"] <= 1
+  assert dense["num_examples"] == routed["num_examples"] == 50
+  assert dense["top1_all_tokens"] == dense["top1"]
+
+  with open(out / "results.csv", newline="") as f:
+    table = list(csv.DictReader(f))
+  assert [r["name"] for r in table] == ["dense", "bad", "6-55-11"]
+  for column in ("seed", "overrides", "status", "top1", "top1_all_tokens", "kept_object_recall_0",
+                 "images_per_sec", "speedup_measured", "speedup_ideal", "wall_time_s",
+                 "num_examples", "error"):
+    assert column in table[0]
+  assert float(table[0]["speedup_measured"]) == 1.0
+  assert json.loads((out / "results.json").read_text())["runs"] == rows
+  markdown = (out / "results.md").read_text()
+  assert "| dense | 0 | done |" in markdown and "## Failed runs" in markdown
+  assert "Mean ± std" not in markdown  # one seed
+
+  def snapshot(name):
+    run_dir = out / f"{name}_seed0"
+    return (run_dir / sweep.RUN_FILE).read_text(), (run_dir / "metrics.jsonl").read_text()
+
+  finished = {name: snapshot(name) for name in ("dense", "6-55-11")}
+  again = sweep.run_sweep(loaded, out, overrides=overrides, env=RUN_ENV)
+  assert {name: snapshot(name) for name in finished} == finished  # not rerun
+  assert again[1]["status"] == "failed" and again[1]["attempts"] == 2  # retried
