@@ -166,13 +166,15 @@ def kept_mask(aux: Mapping[str, Any], drop_index: int, num_patches: int) -> np.n
   Returns:
     (B, P) bool, True at the `kept_positions` of that layer (a kept fused token marks none).
   """
-  kept = np.asarray(aux["routing"][drop_index]["kept_positions"])
-  return scatter_to_patches(np.ones(kept.shape, np.float32), kept, num_patches, 0.0) > 0
+  return patch_fates(aux, drop_index, num_patches) == KEPT
 
 
 def patch_fates(aux: Mapping[str, Any], drop_index: int, num_patches: int) -> np.ndarray:
   """What a drop layer did with each original patch: KEPT, DROPPED or ABSENT (no token of its
   own entering that layer: merged by ToE, or dropped at an earlier drop layer).
+
+  Args:
+    aux, drop_index, num_patches: as in `kept_mask`.
 
   Returns:
     (B, P) int8 of ABSENT / DROPPED / KEPT.
@@ -214,9 +216,9 @@ def overlay_patches(
   Returns:
     (S, S, 3) float32 in [0, 1].
   """
-  out = np.asarray(image, np.float32)
+  out = np.array(image, np.float32)  # a copy: the caller's image stays as it is
   if np.issubdtype(np.asarray(image).dtype, np.integer):
-    out = out / 255.0
+    out /= 255.0
   pixels = patch_image(np.asarray(labels), patch_size)
   if pixels.shape != out.shape[:2]:
     raise ValueError(f"labels cover {pixels.shape} pixels, the image is {out.shape[:2]}")
@@ -307,6 +309,28 @@ def sweep_parameter(record: Mapping, name: str) -> Any:
   """A run's override of the config field `name` (e.g. "routing.drop_layers"), or None where
   the run keeps its base config's value."""
   return record["overrides"].get(name)
+
+
+def parameter_label(value: Any) -> str:
+  """An override value as an axis label: (4, 7) -> "4,7", 0.55 -> "0.55", None -> "base"."""
+  if isinstance(value, tuple):
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "-"
+  return "base" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+
+
+def runs_table(rows: Sequence[Mapping], *, accuracy: str = ACCURACY) -> str:
+  """A plain-text table of sweep rows: name, seed, status, accuracy (%), measured and ideal
+  speedup, and the overrides (or the base config where there are none)."""
+  lines = [f"{'run':<16}{'seed':>5}  {'status':<11}{'top-1 %':>8}{'speedup':>9}{'ideal':>7}  config"]
+  for r in rows:
+    top1, speedup, ideal = r.get(accuracy), r.get(SPEEDUP), r.get(IDEAL_SPEEDUP)
+    overrides = " ".join(f"{k}={parameter_label(v)}" for k, v in r["overrides"].items())
+    lines.append(
+        f"{r['name']:<16}{r['seed']:>5}  {r['status']:<11}"
+        f"{'-' if top1 is None else f'{100 * top1:.1f}':>8}"
+        f"{'-' if speedup is None else f'{speedup:.2f}x':>9}"
+        f"{'-' if ideal is None else f'{ideal:.2f}x':>7}  {overrides or r['base']}")
+  return "\n".join(lines)
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -463,12 +487,14 @@ def plot_toe(
     The matplotlib Figure.
   """
   plt = _pyplot()
+  from matplotlib.collections import LineCollection  # pylint: disable=g-import-not-at-top
+
   num_images = images.shape[0]
   grid = math.isqrt(rank.shape[-1])
-  fig, axes = plt.subplots(num_images, 4, squeeze=False, figsize=(7.2, 1.9 * num_images))
+  fig, axes = plt.subplots(num_images, 4, squeeze=False, figsize=(7.6, 1.9 * num_images))
   step_cmap = plt.get_cmap("plasma").with_extremes(bad="0.85")
-  rng = np.random.default_rng(0)  # a fixed shuffle, so neighbouring groups differ in colour
-  palette = plt.get_cmap("tab20")(rng.permutation(20))[:, :3]
+  # tab20 in a fixed shuffled order; colours repeat over many groups, the outlines separate them.
+  palette = plt.get_cmap("tab20")(np.random.default_rng(0).permutation(20))[:, :3]
   for i in range(num_images):
     axes[i, 0].imshow(images[i])
     axes[i, 0].set_title(titles[i] if titles else "image", fontsize=8)
@@ -482,17 +508,18 @@ def plot_toe(
     for p in np.flatnonzero(rank[i] >= 0):
       axes[i, 2].text(p % grid, p // grid, str(rank[i, p]), fontsize=4, ha="center",
                       va="center", color="white")
-    axes[i, 2].set_title("expansion (grey: merged)", fontsize=8)
-    if i == 0:
-      fig.colorbar(shown, ax=axes[i, 2], fraction=0.046, pad=0.04, label="sub-step")
-    colours = palette[(slots[i] - 1) % len(palette)]  # (P, 3)
-    groups = np.asarray(images[i], np.float32) / (255.0 if images[i].dtype == np.uint8 else 1.0)
-    groups = 0.35 * groups + 0.65 * patch_image(colours.T, patch_size).transpose(1, 2, 0)
-    axes[i, 3].imshow(groups)
+    axes[i, 2].set_title("selection order", fontsize=8)
+    bar = fig.colorbar(shown, ax=axes[i, 2], fraction=0.046, pad=0.04)
+    bar.set_ticks(range(max(int(steps.max()), 1) + 1))
+    bar.set_label("sub-step (0: seed)", fontsize=7)
+    colours = {slot: palette[(slot - 1) % len(palette)] for slot in np.unique(slots[i])}
+    axes[i, 3].imshow(overlay_patches(images[i], slots[i], patch_size, colours, alpha=0.65))
+    axes[i, 3].add_collection(LineCollection(
+        _group_outlines(slots[i].reshape(grid, grid), patch_size), colors="k", linewidths=0.8))
     hosts = np.flatnonzero(rank[i] >= 0)
     axes[i, 3].scatter((hosts % grid + 0.5) * patch_size - 0.5,
                        (hosts // grid + 0.5) * patch_size - 0.5, s=3, c="k")
-    axes[i, 3].set_title(f"{len(np.unique(slots[i]))} merge groups", fontsize=8)
+    axes[i, 3].set_title(f"{len(colours)} merge groups", fontsize=8)
   for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -500,10 +527,18 @@ def plot_toe(
   return fig
 
 
-def _label(value: Any) -> str:
-  if isinstance(value, tuple):
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "-"
-  return "base" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+def _group_outlines(groups: np.ndarray, patch_size: int) -> list:
+  """groups: (g, g) group ids -> pixel-space line segments between patches of different groups."""
+
+  def edge(v):  # pixel centres are at integers, so patch edges sit half a pixel before
+    return v * patch_size - 0.5
+
+  segments = []
+  for r, c in zip(*np.nonzero(groups[:, 1:] != groups[:, :-1])):
+    segments.append([(edge(c + 1), edge(r)), (edge(c + 1), edge(r + 1))])
+  for r, c in zip(*np.nonzero(groups[1:] != groups[:-1])):
+    segments.append([(edge(c), edge(r + 1)), (edge(c + 1), edge(r + 1))])
+  return segments
 
 
 def plot_pareto(
@@ -562,17 +597,17 @@ def plot_parameter_effects(
   """
   plt = _pyplot()
   varied = {name: label for name, label in parameters.items()
-            if len({_label(sweep_parameter(r, name)) for r in records}) > 1}
+            if len({parameter_label(sweep_parameter(r, name)) for r in records}) > 1}
   columns = max(len(varied), 1)
   fig, axes = plt.subplots(len(y_keys), columns, squeeze=False,
                            figsize=(3.2 * columns, 2.6 * len(y_keys)))
   for c, (name, label) in enumerate(varied.items()):
     values = [sweep_parameter(r, name) for r in records]
     # Categories in the values' own order, runs without the override ("base") first.
-    categories = sorted({_label(v): v for v in values}.items(),
+    categories = sorted({parameter_label(v): v for v in values}.items(),
                         key=lambda item: (item[1] is not None, item[1] if item[1] is not None else 0))
     where = {text: k for k, (text, _) in enumerate(categories)}
-    xs = np.array([where[_label(v)] for v in values])
+    xs = np.array([where[parameter_label(v)] for v in values])
     for row, y_key in enumerate(y_keys):
       ax = axes[row, c]
       ys = np.array([r[y_key] for r in records], np.float64)
