@@ -67,15 +67,7 @@ def parse_config(name: str) -> BenchConfig:
   if name.startswith("toe"):
     stage, _, row = name[3:].partition("+")
     toe_stage = int(stage)
-  if row in ("dense", ""):
-    return BenchConfig(name, RoutingConfig(), toe_stage)
-  layers, ratios, back = row.split("-")
-  fused = back == "fused"
-  routing = RoutingConfig(
-      drop_layers=tuple(int(x) for x in layers.split(".")),
-      drop_ratios=tuple(int(x) / 100 for x in ratios.split(".")),
-      return_layer=None if fused else int(back), mode="fused" if fused else "skip",
-  )
+  routing = RoutingConfig() if row in ("dense", "") else RoutingConfig.from_paper_row(row)
   return BenchConfig(name, routing, toe_stage)
 
 

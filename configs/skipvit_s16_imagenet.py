@@ -19,6 +19,7 @@ dense baseline's (configs/vit_s16_imagenet.py) plus 15 drop warm-up epochs. Pape
 import ml_collections
 
 from configs import common, vit_s16_imagenet
+from skipvit_jax.routing import RoutingConfig
 
 ROWS = (
     "6-45-fused", "4.7-30.30-10", "4.7-30.30-11", "6.8-35.35-10", "6.8-35.35-11",
@@ -30,13 +31,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, row="6-55-11")
   if args.row not in ROWS:
     raise ValueError(f"config argument row: must be one of {ROWS}, got {args.row!r}")
-  layers, ratios, back = args.row.split("-")
   config = vit_s16_imagenet.get_config()
-  config.routing.drop_layers = tuple(int(layer) for layer in layers.split("."))
-  config.routing.drop_ratios = tuple(int(r) / 100 for r in ratios.split("."))
-  if back == "fused":
-    config.routing.mode = "fused"
-  else:
-    config.routing.return_layer = int(back)
+  routing = RoutingConfig.from_paper_row(args.row)
+  config.routing.drop_layers = routing.drop_layers
+  config.routing.drop_ratios = routing.drop_ratios
+  config.routing.return_layer = routing.return_layer or 0  # 0: none (the fused row)
+  config.routing.mode = routing.mode
   config.drop_warmup_epochs = 15.0  # the paper's warm-up: all tokens for 15 epochs
   return config

@@ -71,10 +71,10 @@ def attend(
       materialises a (B, H, N, N) array whatever the implementation).
   """
   implementation = resolve(implementation)
-  probs = attention_probs(q, k) if implementation == "xla" or with_probs else None
+  probs = attention_probs(q, k) if with_probs else None
   cls_scores = None
   if implementation == "xla":
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    out, cls_scores = _xla_attention(q, k, v)
   elif implementation == "dot_product_attention":
     out = jax.nn.dot_product_attention(q, k, v)
   elif implementation == "cudnn":
@@ -122,6 +122,23 @@ def _pallas_attention(q, k, v, *, interpret: bool) -> tuple[jax.Array, jax.Array
 @functools.cache
 def _log_fallback_once(implementation: str, reason: str, instead: str) -> None:
   logging.info("attention %r: %s; using %s", implementation, reason, instead)
+
+
+def _xla_attention(q, k, v) -> tuple[jax.Array, jax.Array]:
+  """Explicit attention; returns (out (B, N, H, D), [CLS] scores (B, N - 1)).
+
+  The softmax denominator is applied after the value product, to the (N, D) output rows
+  instead of the (N, N) weights: one full pass over the attention matrix less, forward and
+  backward, which on a CPU is a measurable part of a ViT step.
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  logits = logits / math.sqrt(q.shape[-1])
+  weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+  denominator = weights.sum(axis=-1)  # (B, H, N)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+  out = out / jnp.swapaxes(denominator, 1, 2)[..., None].astype(out.dtype)
+  cls_scores = (weights[:, :, 0, 1:] / denominator[:, :, :1]).mean(axis=1)
+  return out, cls_scores
 
 
 def attention_probs(q: jax.Array, k: jax.Array) -> jax.Array:

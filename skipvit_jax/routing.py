@@ -216,6 +216,24 @@ class RoutingConfig:
   def routes(self) -> bool:
     return bool(self.drop_layers)
 
+  @classmethod
+  def from_paper_row(cls, row: str) -> RoutingConfig:
+    """A row of the SkipViT paper's Table 1 by name: "<layers>-<ratios %>-<return|fused>".
+
+    "6-55-11": drop 55% at layer 6, return before layer 11; "4.7-30.30-10": 30% at layers 4
+    and 7, back before layer 10; "6-45-fused": 45% at layer 6 into EViT's fused token.
+    """
+    try:
+      layers, ratios, back = row.split("-")
+      drop_layers = tuple(int(layer) for layer in layers.split("."))
+      drop_ratios = tuple(int(ratio) / 100 for ratio in ratios.split("."))
+      return_layer = None if back == "fused" else int(back)
+    except ValueError:
+      raise ValueError(
+          f"paper row: expected '<layers>-<ratios %>-<return layer or fused>' such as "
+          f"'6-55-11' or '4.7-30.30-10', got {row!r}") from None
+    return cls(drop_layers, drop_ratios, return_layer, mode="fused" if back == "fused" else "skip")
+
   def plan(self, depth: int, num_patches: int) -> RoutingPlan:
     """Validates against a model and returns the static per-layer token counts."""
     for layer in self.drop_layers:

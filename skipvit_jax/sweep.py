@@ -248,7 +248,9 @@ def run_one(run: Run, run_dir: str | os.PathLike, *, overrides: Mapping[str, Any
         _stop(process)
         raise
       if returncode == 0 and not timed_out:
-        state["status"] = "done"
+        # Exit status 0 also follows a SIGTERM from a scheduler (the trainer checkpoints and
+        # stops); only the trainer's own completion record means the run is over.
+        state["status"] = "done" if _trainer_finished(run_dir) else "incomplete"
       else:
         reason = f"timed out after {timeout:g} s" if timed_out else f"exit status {returncode}"
         state.update(status="failed", error=f"{reason}\n{_log_tail(run_dir / LOG_FILE, offset)}")
@@ -296,6 +298,14 @@ def run_sweep(sweep: Sweep, sweep_dir: str | os.PathLike, *,
 _HEAD = ("name", "seed", "base", "overrides", "status", "top1", "top1_all_tokens")
 _TAIL = ("images_per_sec", "speedup_measured", "speedup_ideal", "wall_time_s", "attempts",
          "num_examples", "run_dir", "error")
+
+
+def _trainer_finished(run_dir: Path) -> bool:
+  path = run_dir / "metrics.jsonl"
+  if not path.exists():
+    return False
+  with open(path, encoding="utf-8") as f:
+    return any("train/finished" in json.loads(line) for line in f)
 
 
 def collect_run(run: Run, run_dir: str | os.PathLike) -> dict:

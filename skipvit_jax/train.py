@@ -352,9 +352,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         break
 
   checkpoints.close()
+  final = {"train/finished": 1.0} if step == total_steps else {}
   if steady["seconds"] > 0:
-    rate = steady["images"] / steady["seconds"]
-    writer.write(step, {"train/steady_images_per_sec": rate})
-    logging.info("steady-state training throughput: %.1f images/s", rate)
+    final["train/steady_images_per_sec"] = steady["images"] / steady["seconds"]
+    logging.info("steady-state training throughput: %.1f images/s",
+                 final["train/steady_images_per_sec"])
+  if final:
+    writer.write(step, final)
   writer.close()
   return TrainResult(step, final_eval, parallel.unreplicate(state.params))

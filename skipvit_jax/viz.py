@@ -612,8 +612,11 @@ def plot_parameter_effects(
       ax = axes[row, c]
       ys = np.array([r[y_key] for r in records], np.float64)
       ax.scatter(xs, ys, s=12, c="0.5")
-      means = [ys[xs == k].mean() for k in range(len(categories))]
-      ax.plot(range(len(categories)), means, "o-", c="C0", ms=4)
+      means = np.array([ys[xs == k].mean() for k in range(len(categories))])
+      # The line joins the overridden values; "base" runs (other configs) get a lone marker.
+      swept = np.array([value is not None for _, value in categories])
+      ax.plot(np.flatnonzero(swept), means[swept], "o-", c="C0", ms=4)
+      ax.plot(np.flatnonzero(~swept), means[~swept], "s", c="C1", ms=4)
       ax.set_xticks(range(len(categories)), [text for text, _ in categories], fontsize=7)
       ax.set_xlabel(label)
       ax.set_ylabel(y_key, fontsize=8)

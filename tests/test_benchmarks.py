@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks import train_step
+from benchmarks import input_pipeline, train_step
 from skipvit_jax import flops
 
 
@@ -36,3 +36,14 @@ def test_paper_rows_parse_to_the_configs_routing():
   fused = train_step.parse_config("6-45-fused")
   assert fused.routing.mode == "fused" and fused.routing.return_layer is None
   assert train_step.parse_config("toe2+6-55-11").toe_stage == 2
+
+
+def test_input_pipeline_benchmark_smoke(tmp_path):
+  report = input_pipeline.main([
+      f"--data_dir={tmp_path}", "--synthetic_examples=64", "--batch_size=8", "--batches=3",
+      "--threads=1,2",
+  ])
+  assert report["dataset"] == "synthetic"
+  assert [r["threads"] for r in report["results"]] == [1, 2]
+  for r in report["results"]:
+    assert r["train_images_per_sec"] > 0 and r["eval_images_per_sec"] > 0

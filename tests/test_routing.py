@@ -189,3 +189,11 @@ def test_config_accepts_lists_and_is_hashable():
   config = RoutingConfig([6], [0.55], 11)
   assert config == RoutingConfig((6,), (0.55,), 11)
   assert hash(config) == hash(RoutingConfig((6,), (0.55,), 11))
+
+
+def test_paper_rows_by_name():
+  assert RoutingConfig.from_paper_row("6-55-11") == RoutingConfig((6,), (0.55,), 11)
+  assert RoutingConfig.from_paper_row("4.7-30.30-10") == RoutingConfig((4, 7), (0.3, 0.3), 10)
+  assert RoutingConfig.from_paper_row("6-45-fused") == RoutingConfig((6,), (0.45,), mode="fused")
+  with pytest.raises(ValueError, match="paper row"):
+    RoutingConfig.from_paper_row("6-55")

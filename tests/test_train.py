@@ -84,6 +84,7 @@ def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
     assert r["eval/num_examples"] == NUM_TEST and r["eval/num_examples_all_tokens"] == NUM_TEST
     assert 0 <= r["eval/top1_all_tokens"] <= 1 and 0 <= r["eval/kept_object_recall_0"] <= 1
   assert any("train/steady_images_per_sec" in r for r in records)
+  assert records[-1]["train/finished"] == 1 and records[-1]["step"] == 8
   assert (workdir / "checkpoints" / "8").is_dir()
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -94,9 +95,11 @@ def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
   interrupted = tiny_config(data_dir, eval_every_epochs=10.0, stop_after_step=3)
   assert train.train_and_evaluate(interrupted, str(tmp_path / "resumed")).step == 3
   assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 3
+  assert not any("train/finished" in r for r in _records(tmp_path / "resumed"))
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))  # picks up at step 3
   assert straight.step == resumed.step == 8
   assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 8
+  assert _records(tmp_path / "resumed")[-1]["train/finished"] == 1
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from skipvit_jax import RoutingConfig, ViT, toe, viz
+from skipvit_jax import RoutingConfig, ViT, sweep, toe, viz
 from tests import toe_reference
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -279,6 +279,19 @@ def test_sweep_rows_load_filter_and_parse_overrides(tmp_path):
   assert [r["name"] for r in done] == ["dense", "4.7-30.30-10", "6-45-fused"]
   assert viz.sweep_parameter(done[1], "routing.return_layer") == 10
   assert viz.sweep_parameter(done[0], "routing.return_layer") is None  # the base config's
+
+
+def test_sweep_results_written_by_the_sweep_runner_load_back(tmp_path):
+  overrides = {"routing.drop_layers": (4, 7), "routing.drop_ratios": (0.3, 0.3),
+               "routing.return_layer": 10, "routing.mode": "skip", "toe.enabled": False}
+  runs = [sweep.Run("dense", 0, "configs/default.py:baseline", {}),
+          sweep.Run("4.7-30.30-10", 0, "configs/default.py:baseline", overrides)]
+  sweep.write_results(sweep.Sweep("s.py", runs, "dense"), tmp_path)  # never run: "pending"
+  loaded = viz.load_sweep_results(str(tmp_path))
+  assert [(r["name"], r["status"], r["overrides"]) for r in loaded] == [
+      ("dense", "pending", {}), ("4.7-30.30-10", "pending", overrides)]
+  assert all(viz.ACCURACY in r and viz.SPEEDUP in r and viz.IDEAL_SPEEDUP in r for r in loaded)
+  assert viz.completed_runs(loaded) == []
 
 
 def test_plots_draw_without_a_display(skip_aux):

@@ -7,21 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from skipvit_jax.routing import RoutingConfig
+
 
 def paper_row(row: str) -> dict[str, Any]:
-  """Routing overrides for a Table 1 row name, as configs/skipvit_s16_imagenet.py reads it.
-
-  "6-55-11": drop 55% of the tokens at layer 6, return them before layer 11; "4.7-30.30-10":
-  30% at layers 4 and 7, back before 10; "6-45-fused": 45% at layer 6 into EViT's fused token
-  (nothing returns). tests/test_sweep.py checks that both readings agree.
-  """
-  layers, ratios, back = row.split("-")
-  overrides: dict[str, Any] = {
-      "routing.drop_layers": tuple(int(layer) for layer in layers.split(".")),
-      "routing.drop_ratios": tuple(int(r) / 100 for r in ratios.split(".")),
+  """Routing overrides for a Table 1 row name (see RoutingConfig.from_paper_row)."""
+  routing = RoutingConfig.from_paper_row(row)
+  return {
+      "routing.drop_layers": routing.drop_layers,
+      "routing.drop_ratios": routing.drop_ratios,
+      "routing.return_layer": routing.return_layer or 0,  # 0: none (the fused row)
+      "routing.mode": routing.mode,
   }
-  if back == "fused":
-    overrides["routing.mode"] = "fused"
-  else:
-    overrides["routing.return_layer"] = int(back)
-  return overrides
