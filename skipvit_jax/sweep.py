@@ -13,9 +13,10 @@ A sweep file (configs/sweeps/*.py) is a Python module:
       {"name": "6-55-11", "overrides": {"routing.drop_layers": (6,), "routing.drop_ratios": (0.55,),
                                         "routing.return_layer": 11, "drop_warmup_epochs": 1.0}},
       {"name": "toe", "base": "configs/default.py:toe,baseline"},  # a run's own base config
+      {"name": "6-45-fused", "overrides": {...}, "seeds": (0, 1)},  # this run's own seeds
   ]
   DENSE = "dense"  # optional (default: the run named "dense"): the throughput reference
-  SEEDS = (0,)     # optional (default (0,)); --seeds 0,1,2 replaces it
+  SEEDS = (0,)     # optional (default (0,)); --seeds 0,1,2 replaces it and every run's seeds
 
 Override keys are dotted config fields (configs/common.py lists them all); values are Python
 values (tuples for tuple fields). Run names are file-name safe and unique.
@@ -74,7 +75,7 @@ LOG_FILE = "sweep_log.txt"
 ERROR_LINES = 20  # log lines kept as a failed run's error
 TERMINATE_GRACE_S = 120.0  # after SIGTERM, time to write a checkpoint before SIGKILL
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-_RUN_KEYS = {"name", "overrides", "base"}
+_RUN_KEYS = {"name", "overrides", "base", "seeds"}
 
 
 @dataclasses.dataclass
@@ -134,10 +135,14 @@ def load_sweep(path: str | os.PathLike, seeds: Sequence[int] | None = None) -> S
   dense = getattr(module, "DENSE", "dense" if "dense" in names else None)
   if dense is not None and dense not in names:
     raise ValueError(f"{path}: DENSE = {dense!r} is not a run name")
-  seeds = tuple(getattr(module, "SEEDS", (0,)) if seeds is None else seeds)
+  default_seeds = tuple(getattr(module, "SEEDS", (0,)))
+  # Extra seeds only where differences are small: a run's "seeds" replaces SEEDS for it.
+  run_seeds = [tuple(entry.get("seeds", default_seeds)) if seeds is None else tuple(seeds)
+               for entry in entries]
   runs = [Run(name=entry["name"], seed=int(seed), base=entry.get("base", base),
               overrides=dict(entry.get("overrides", {})))
-          for seed in seeds for entry in entries]
+          for seed in sorted(set().union(*run_seeds))
+          for entry, own in zip(entries, run_seeds) if seed in own]
   return Sweep(path=str(path), runs=runs, dense=dense)
 
 

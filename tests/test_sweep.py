@@ -96,6 +96,10 @@ def test_sweep_file_errors_and_seeds(tmp_path):
   assert [r.dir_name for r in sweep.load_sweep(path).runs] == [
       "dense_seed0", "r_seed0", "dense_seed1", "r_seed1"]
   assert [r.dir_name for r in sweep.load_sweep(path, seeds=[5]).runs] == ["dense_seed5", "r_seed5"]
+  path = write_sweep(tmp_path / "own.py", '[{"name": "dense", "seeds": (2, 0)}, {"name": "r"}]')
+  assert [r.dir_name for r in sweep.load_sweep(path).runs] == ["dense_seed0", "r_seed0",
+                                                               "dense_seed2"]
+  assert [r.dir_name for r in sweep.load_sweep(path, seeds=[1]).runs] == ["dense_seed1", "r_seed1"]
   for runs, message in [('[{"name": "a"}, {"name": "a"}]', "repeat"),
                         ('[{"name": "a/b"}]', "file-name-safe"),
                         ('[{"name": "a", "overide": {}}]', "unknown keys"),
