@@ -9,7 +9,7 @@ from skipvit_jax import flops
 def test_train_step_benchmark_smoke():
   report = train_step.main([
       "--variant=Te/4", "--image_size=32", "--num_classes=10", "--batch_size=4",
-      "--dtype=float32", "--steps=2", "--rounds=2", "--warmup=1", "--matmul_size=256",
+      "--dtype=float32", "--steps=2", "--rounds=2", "--warmup=1", "--matmul_sizes=128,256",
       "--configs=6-55-11,6-45-fused,toe1+6-55-11",
   ])
   assert [r["config"] for r in report["results"]] == [
