@@ -305,6 +305,33 @@ def completed_runs(records: Sequence[Mapping], *keys: str) -> list[Mapping]:
   ]
 
 
+def eval_history(run_dir: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+  """One metric over a run's evaluations, from RUN_DIR/metrics.jsonl.
+
+  Args:
+    run_dir: a trainer workdir (a sweep's run dir is one).
+    key: an evaluation metric, e.g. "eval/kept_object_recall_0" or "eval/top1".
+
+  Returns:
+    (epochs, values): (E,) float64 each, one entry per evaluation that recorded `key`, in
+    step order; an evaluation's epoch is its step over the run's steps per epoch (from the
+    training records' "train/epoch"). A resumed run's repeated evaluation keeps the last.
+  """
+  by_step: dict[int, float] = {}
+  steps_per_epoch = None
+  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    for record in map(json.loads, f):
+      if record.get("train/epoch"):
+        steps_per_epoch = record["step"] / record["train/epoch"]
+      if key in record and record[key] is not None:
+        by_step[record["step"]] = record[key]
+  if by_step and steps_per_epoch is None:
+    raise ValueError(f"{run_dir}: no training record gives the steps per epoch")
+  steps = sorted(by_step)
+  return (np.array(steps, np.float64) / (steps_per_epoch or 1.0),
+          np.array([by_step[s] for s in steps], np.float64))
+
+
 def sweep_parameter(record: Mapping, name: str) -> Any:
   """A run's override of the config field `name` (e.g. "routing.drop_layers"), or None where
   the run keeps its base config's value."""
@@ -624,3 +651,37 @@ def plot_parameter_effects(
     axes[0, 0].text(0.5, 0.5, "no swept parameter varies", ha="center", transform=axes[0, 0].transAxes)
   fig.tight_layout()
   return fig
+
+
+def plot_eval_history(
+    histories: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    ylabel: str,
+    reference: float | None = None,
+    reference_label: str = "",
+    ax=None,
+):
+  """Metric-versus-epoch curves, one per run (`eval_history`'s output by run label).
+
+  Args:
+    histories: label -> (epochs, values).
+    ylabel: the metric's axis label.
+    reference: a horizontal line to compare against (e.g. the keep ratio: a router that
+      keeps patches at random recalls that fraction of the object), or None.
+    reference_label: the line's legend entry.
+    ax: matplotlib Axes to draw into (default: a new figure).
+
+  Returns:
+    The Axes.
+  """
+  plt = _pyplot()
+  if ax is None:
+    _, ax = plt.subplots(figsize=(6, 4.2))
+  for label, (epochs, values) in histories.items():
+    ax.plot(epochs, values, "o-", ms=3, label=label)
+  if reference is not None:
+    ax.axhline(reference, c="0.5", ls="--", lw=0.8, label=reference_label or None)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=7)
+  return ax

@@ -319,3 +319,23 @@ def test_plots_draw_without_a_display(skip_aux):
   ]
   assert all(len(f.axes) for f in figures)
   plt.close("all")
+
+
+def test_eval_history_maps_steps_to_epochs_and_keeps_the_last_of_a_resumed_eval(tmp_path):
+  records = [{"step": 0, "flops/ideal_speedup": 1.2},
+             {"step": 50, "train/loss": 1.0, "train/epoch": 0.5},
+             {"step": 50, "eval/top1": 0.2, "eval/kept_object_recall_0": 0.6},
+             {"step": 100, "eval/top1": 0.3},  # routing not active yet: no recall
+             {"step": 100, "eval/top1": 0.35},  # evaluated again after a resume
+             {"step": 150, "train/epoch": 1.5, "train/loss": 0.9},
+             {"step": 150, "eval/top1": 0.4, "eval/kept_object_recall_0": 0.7}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  epochs, top1 = viz.eval_history(str(tmp_path), "eval/top1")
+  np.testing.assert_allclose(epochs, [0.5, 1.0, 1.5])
+  np.testing.assert_allclose(top1, [0.2, 0.35, 0.4])
+  epochs, recall = viz.eval_history(str(tmp_path), "eval/kept_object_recall_0")
+  np.testing.assert_allclose(epochs, [0.5, 1.5])
+  np.testing.assert_allclose(recall, [0.6, 0.7])
+  ax = viz.plot_eval_history({"run": (epochs, recall)}, ylabel="recall", reference=0.45)
+  np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.6, 0.7])
+  assert ax.lines[1].get_ydata()[0] == 0.45
