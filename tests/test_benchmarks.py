@@ -1,9 +1,15 @@
 """Smoke tests of the benchmarks at tiny sizes: the JSON they print is complete and sane."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from benchmarks import input_pipeline, train_step
 from skipvit_jax import flops
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_train_step_benchmark_smoke():
@@ -47,3 +53,14 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
   assert [r["threads"] for r in report["results"]] == [1, 2]
   for r in report["results"]:
     assert r["train_images_per_sec"] > 0 and r["eval_images_per_sec"] > 0
+
+
+def test_model_and_benchmarks_import_without_the_data_stack():
+  # The GPU machine has JAX, Flax, optax, chex and absl only.
+  code = ("import sys\n"
+          "for m in ('ml_collections', 'grain', 'tensorflow_datasets', 'array_record', 'orbax',"
+          " 'tensorboardX'):\n"
+          "  sys.modules[m] = None  # any import of them raises ImportError\n"
+          "import benchmarks.train_step, benchmarks.gather_attention, kernels.gather_attention\n"
+          "import skipvit_jax.models.vit, skipvit_jax.training_step, skipvit_jax.flops\n")
+  subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)

@@ -1,0 +1,69 @@
+"""Draws docs/results.md's figures from a finished reproduction sweep directory.
+
+  python docs/figures.py --sweep_dir /tmp/sweeps/reproduction --out docs/figures
+
+Writes accuracy_vs_speedup.png (top-1 against measured training speedup, mean over each run's
+seeds, the Pareto front joined) and recall_vs_epoch.png (kept-object recall of the first drop
+layer over training, seed 0, against the keep ratio a random router would recall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from skipvit_jax import viz  # pylint: disable=g-import-not-at-top
+
+RECALL = "eval/kept_object_recall_0"
+KEEP_RATIO = "eval/keep_ratio_0"
+RECALL_RUNS = ("6-55-11", "6-55-11_warmup0", "6-45-11", "4.7-30.30-10", "toe+skipvit")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--sweep_dir", required=True)
+  parser.add_argument("--out", default=str(Path(__file__).parent / "figures"))
+  args = parser.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.sweep_dir, "results.json"), encoding="utf-8") as f:
+    means = json.load(f)["mean_std_over_seeds"]
+
+  points = [{"name": m["name"], viz.SPEEDUP: m["speedup_measured_mean"],
+             viz.ACCURACY: 100 * m["top1_mean"]}
+            for m in means if m["seeds"] and m["speedup_measured_mean"] is not None]
+  ax = viz.plot_pareto(points)
+  front = set(viz.pareto_front([[p[viz.SPEEDUP], p[viz.ACCURACY]] for p in points]).tolist())
+  for j, p in enumerate(points):  # plot_pareto names the front; name the rest too
+    if j not in front:
+      ax.annotate(p["name"], (p[viz.SPEEDUP], p[viz.ACCURACY]), fontsize=6, xytext=(3, -8),
+                  textcoords="offset points", color="0.4")
+  ax.set_xlabel("measured training speedup over dense (same seed)")
+  ax.set_ylabel("top-1 % with the run's routing (mean over seeds)")
+  ax.figure.tight_layout()
+  ax.figure.savefig(os.path.join(args.out, "accuracy_vs_speedup.png"), dpi=150)
+
+  histories, keep_ratio = {}, None
+  for name in RECALL_RUNS:
+    run_dir = os.path.join(args.sweep_dir, f"{name}_seed0")
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+      histories[name] = viz.eval_history(run_dir, RECALL)
+      if name == "6-55-11":
+        keep_ratio = viz.eval_history(run_dir, KEEP_RATIO)[1][-1]
+  ax = viz.plot_eval_history(histories, ylabel="kept-object recall, first drop layer",
+                             reference=keep_ratio, reference_label="keep ratio of 6-55-11")
+  ax.figure.tight_layout()
+  ax.figure.savefig(os.path.join(args.out, "recall_vs_epoch.png"), dpi=150)
+
+
+if __name__ == "__main__":
+  main()
