@@ -12,7 +12,8 @@ images/s (median over the timed steps), the step's device memory (XLA's memory a
 compiled step: arguments + outputs + temporaries), achieved FLOP/s and MFU against a peak
 measured in the same run (the fastest of a few square matmuls), the measured speedup over the dense step, the
 FLOP-ideal speedup and the realised fraction of the ideal gain ((measured - 1) / (ideal - 1)).
-Prints a table (stderr) and one JSON object (stdout, or --json_out).
+Prints a table (stderr) and one JSON object (stdout, or --json_out). --profile_dir adds a
+jax.profiler trace of a few steps of each configuration, taken after the timing.
 
 Imports no data stack: runs where only JAX, Flax and optax are installed.
 """
@@ -140,6 +141,13 @@ def run(args) -> dict:
         jax.block_until_ready(metrics)
         times[bench.name].append(time.perf_counter() - start)
 
+  if args.profile_dir:  # after the timing, so tracing cannot slow what is timed
+    for bench in configs:
+      with jax.profiler.trace(str(Path(args.profile_dir) / bench.name)):
+        for _ in range(args.profile_steps):
+          states[bench.name], metrics = steps[bench.name](states[bench.name], batches[bench.name])
+        jax.block_until_ready(metrics)
+
   flop_args = dict(image_size=args.image_size, num_classes=args.num_classes)
   dense_rate = None
   results = []
@@ -216,6 +224,10 @@ def parse_args(argv=None):
   parser.add_argument("--matmul_sizes", default="1024,2048,4096",
                       help="square matmul sides; the fastest is the peak MFU is measured against")
   parser.add_argument("--json_out", default="")
+  parser.add_argument("--profile_dir", default="",
+                      help="also trace --profile_steps steps of each config with jax.profiler "
+                           "into PROFILE_DIR/<config> (TensorBoard's profile plugin, Perfetto)")
+  parser.add_argument("--profile_steps", type=int, default=3)
   return parser.parse_args(argv)
 
 

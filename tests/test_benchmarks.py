@@ -12,12 +12,15 @@ from skipvit_jax import flops
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_train_step_benchmark_smoke():
+def test_train_step_benchmark_smoke(tmp_path):
   report = train_step.main([
       "--variant=Te/4", "--image_size=32", "--num_classes=10", "--batch_size=4",
       "--dtype=float32", "--steps=2", "--rounds=2", "--warmup=1", "--matmul_sizes=128,256",
-      "--configs=6-55-11,6-45-fused,toe1+6-55-11",
+      "--configs=6-55-11,6-45-fused,toe1+6-55-11", f"--profile_dir={tmp_path}",
+      "--profile_steps=1",
   ])
+  for config in ("dense", "6-55-11", "6-45-fused", "toe1+6-55-11"):
+    assert list((tmp_path / config).rglob("*.xplane.pb")), f"no trace for {config}"
   assert [r["config"] for r in report["results"]] == [
       "dense", "6-55-11", "6-45-fused", "toe1+6-55-11"]
   assert report["peak_matmul_tflops_per_device"] > 0
