@@ -396,6 +396,13 @@ def _pyplot():
   return plt
 
 
+def _axes(ax):
+  """`ax`, or the Axes of a new single-plot figure."""
+  if ax is None:
+    _, ax = _pyplot().subplots(figsize=(6, 4.2))
+  return ax
+
+
 def plot_cls_attention(
     images: np.ndarray,
     maps: np.ndarray,
@@ -587,9 +594,7 @@ def plot_pareto(
   Returns:
     The Axes.
   """
-  plt = _pyplot()
-  if ax is None:
-    _, ax = plt.subplots(figsize=(6, 4.2))
+  ax = _axes(ax)
   points = np.array([[r[x_key], r[y_key]] for r in records], np.float64).reshape(-1, 2)
   ax.scatter(points[:, 0], points[:, 1], s=18, c="0.55", label="runs")
   if len(points):
@@ -674,9 +679,7 @@ def plot_eval_history(
   Returns:
     The Axes.
   """
-  plt = _pyplot()
-  if ax is None:
-    _, ax = plt.subplots(figsize=(6, 4.2))
+  ax = _axes(ax)
   for label, (epochs, values) in histories.items():
     ax.plot(epochs, values, "o-", ms=3, label=label)
   if reference is not None:
