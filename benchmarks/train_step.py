@@ -13,7 +13,9 @@ compiled step: arguments + outputs + temporaries), achieved FLOP/s and MFU again
 measured in the same run (the fastest of a few square matmuls), the measured speedup over the dense step, the
 FLOP-ideal speedup and the realised fraction of the ideal gain ((measured - 1) / (ideal - 1)).
 Prints a table (stderr) and one JSON object (stdout, or --json_out). --profile_dir adds a
-jax.profiler trace of a few steps of each configuration, taken after the timing.
+jax.profiler trace of a few steps of each configuration, taken after the timing, and its
+summary: device-op time per step spent in matmuls, in routing's sort/gather/scatter, and in
+everything else.
 
 Imports no data stack: runs where only JAX, Flax and optax are installed.
 """
@@ -21,10 +23,13 @@ Imports no data stack: runs where only JAX, Flax and optax are installed.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import functools
+import gzip
 import json
+import re
 import statistics
 import sys
 import time
@@ -97,6 +102,34 @@ def build_step(bench: BenchConfig, args, optimizer):
   return step, state, batch, model
 
 
+# Op names in a CPU or GPU trace, by kind (a trailing ".N" numbers an op's instances).
+_OP_KINDS = (
+    ("matmul", re.compile(r"^(ynn_fusion|dot|convolution|cublas|gemm|.*(gemm|cudnn))", re.I)),
+    ("routing (sort / gather / scatter)", re.compile(r"sort|gather|scatter", re.I)),
+)
+
+
+def profile_summary(trace_dir: Path, num_steps: int) -> dict:
+  """Device-op time per step by kind (matmul, routing, other), and the largest ops, from the
+  Perfetto trace jax.profiler wrote under `trace_dir`. Op time is summed over the threads or
+  streams that ran it, so on a multi-threaded CPU it can exceed the wall time."""
+  [path] = trace_dir.rglob("perfetto_trace.json.gz")
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  ops = collections.Counter()
+  for event in events:
+    name = event.get("name", "")
+    # Python frames start with "$", runtime scopes are CamelCase or "A::B": neither is an op.
+    if event.get("ph") != "X" or not name or name[0] == "$" or name[0].isupper() or "::" in name:
+      continue
+    ops[re.sub(r"[._]\d+$", "", name)] += event.get("dur", 0) / 1e3 / num_steps  # us -> ms
+  kinds = collections.Counter()
+  for name, ms in ops.items():
+    kinds[next((kind for kind, pattern in _OP_KINDS if pattern.search(name)), "other")] += ms
+  return {"op_ms_per_step": dict(kinds), "top_ops_ms_per_step": dict(ops.most_common(8))}
+
+
 def compile_step(step, state, batch):
   """(compiled step, its device memory in bytes or None): XLA's memory analysis of the very
   program that is timed (arguments + outputs + temporaries, less donated aliases)."""
@@ -141,12 +174,15 @@ def run(args) -> dict:
         jax.block_until_ready(metrics)
         times[bench.name].append(time.perf_counter() - start)
 
+  profiles = {}
   if args.profile_dir:  # after the timing, so tracing cannot slow what is timed
     for bench in configs:
-      with jax.profiler.trace(str(Path(args.profile_dir) / bench.name)):
+      trace_dir = Path(args.profile_dir) / bench.name
+      with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
         for _ in range(args.profile_steps):
           states[bench.name], metrics = steps[bench.name](states[bench.name], batches[bench.name])
         jax.block_until_ready(metrics)
+      profiles[bench.name] = profile_summary(trace_dir, args.profile_steps)
 
   flop_args = dict(image_size=args.image_size, num_classes=args.num_classes)
   dense_rate = None
@@ -173,6 +209,7 @@ def run(args) -> dict:
         "measured_speedup": measured,
         "ideal_speedup": ideal,
         "realised_fraction_of_ideal_gain": (measured - 1) / (ideal - 1) if ideal > 1 else None,
+        **({"profile": profiles[bench.name]} if bench.name in profiles else {}),
     })
   return {
       "benchmark": "train_step",
@@ -205,6 +242,12 @@ def table(report: dict) -> str:
         f"{r['config']:<16}{r['images_per_sec']:>10.1f}{r['step_ms_median']:>10.1f}"
         f"{(f'{memory:.0f}' if memory else '-'):>10}{r['mfu']:>8.1%}{r['measured_speedup']:>9.3f}"
         f"{r['ideal_speedup']:>8.3f}{(f'{realised:.0%}' if realised is not None else '-'):>10}")
+  for r in report["results"]:
+    if "profile" in r:
+      kinds = r["profile"]["op_ms_per_step"]
+      total = sum(kinds.values())
+      lines.append(f"profile {r['config']}: " + ", ".join(
+          f"{kind} {ms:.0f} ms ({ms / total:.0%})" for kind, ms in sorted(kinds.items())))
   return "\n".join(lines)
 
 

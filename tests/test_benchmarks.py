@@ -19,8 +19,12 @@ def test_train_step_benchmark_smoke(tmp_path):
       "--configs=6-55-11,6-45-fused,toe1+6-55-11", f"--profile_dir={tmp_path}",
       "--profile_steps=1",
   ])
-  for config in ("dense", "6-55-11", "6-45-fused", "toe1+6-55-11"):
-    assert list((tmp_path / config).rglob("*.xplane.pb")), f"no trace for {config}"
+  for r in report["results"]:
+    assert list((tmp_path / r["config"]).rglob("*.xplane.pb")), f"no trace for {r['config']}"
+    kinds = r["profile"]["op_ms_per_step"]
+    assert kinds["matmul"] > 0 and kinds["other"] > 0, kinds
+    routed = r["config"] != "dense"
+    assert (kinds.get("routing (sort / gather / scatter)", 0) > 0) == routed, kinds
   assert [r["config"] for r in report["results"]] == [
       "dense", "6-55-11", "6-45-fused", "toe1+6-55-11"]
   assert report["peak_matmul_tflops_per_device"] > 0
