@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import ml_collections
 
+from benchmarks import timing
 from skipvit_jax.data import pipeline
 
 
@@ -101,11 +101,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
   args = parse_args(argv)
   report = run(args)
-  print(table(report), file=sys.stderr)
-  text = json.dumps(report, indent=1)
-  if args.json_out:
-    Path(args.json_out).write_text(text)
-  print(text)
+  timing.emit(report, table(report), args.json_out)
   return report
 
 

@@ -1,10 +1,13 @@
-"""Timing helpers shared by the benchmarks: synchronised medians and measured device peaks."""
+"""Shared by the benchmarks: synchronised medians, measured device peaks, and the report output."""
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -39,3 +42,13 @@ def peak_bandwidth(copy_mib: int, warmup: int = 2, runs: int = 10) -> float:
   # x * 2 cannot be elided, unlike a copy.
   milliseconds = statistics.median(time_ms(jax.jit(lambda x: x * 2), (x,), warmup, runs))
   return 2 * x.nbytes / milliseconds * 1e3
+
+
+def emit(report: dict, table: str, json_out: str = "") -> None:
+  """A benchmark's output: the table on stderr, the JSON report on stdout (so stdout holds
+  exactly one JSON object) and in `json_out` when given."""
+  print(table, file=sys.stderr)
+  text = json.dumps(report, indent=1)
+  if json_out:
+    Path(json_out).write_text(text)
+  print(text)

@@ -277,11 +277,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
   args = parse_args(argv)
   report = run(args)
-  print(table(report), file=sys.stderr)
-  text = json.dumps(report, indent=1)
-  if args.json_out:
-    Path(args.json_out).write_text(text)
-  print(text)
+  timing.emit(report, table(report), args.json_out)
   return report
 
 
