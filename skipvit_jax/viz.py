@@ -396,6 +396,15 @@ def _pyplot():
   return plt
 
 
+def _image_grid_done(fig, axes):
+  """Finishes a grid of image panels: no ticks, tight layout; returns the Figure."""
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.tight_layout()
+  return fig
+
+
 def _axes(ax):
   """`ax`, or the Axes of a new single-plot figure."""
   if ax is None:
@@ -445,11 +454,7 @@ def plot_cls_attention(
       if i == 0:
         mark = " drop" if l + 1 in drop_layers else (" ret" if l + 1 == return_layer else "")
         ax.set_title(f"L{l + 1}{mark}", fontsize=7)
-  for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
-  fig.tight_layout()
-  return fig
+  return _image_grid_done(fig, axes)
 
 
 def plot_routing(
@@ -491,11 +496,7 @@ def plot_routing(
       axes[i, lead + d].imshow(overlay_patches(images[i], fate[i], patch_size, FATE_COLORS))
       layer = f"layer {drop_layers[d]}" if d < len(drop_layers) else f"drop {d}"
       axes[i, lead + d].set_title(f"{layer}: {kept} kept", fontsize=8)
-  for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
-  fig.tight_layout()
-  return fig
+  return _image_grid_done(fig, axes)
 
 
 def plot_toe(
@@ -554,11 +555,7 @@ def plot_toe(
     axes[i, 3].scatter((hosts % grid + 0.5) * patch_size - 0.5,
                        (hosts // grid + 0.5) * patch_size - 0.5, s=3, c="k")
     axes[i, 3].set_title(f"{len(colours)} merge groups", fontsize=8)
-  for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
-  fig.tight_layout()
-  return fig
+  return _image_grid_done(fig, axes)
 
 
 def _group_outlines(groups: np.ndarray, patch_size: int) -> list:
