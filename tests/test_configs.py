@@ -25,12 +25,18 @@ def test_config_builds_a_valid_model_in_every_phase(name, arg):
   model = train.build_model(config, num_classes=1000)
   assert model.image_size == config.data.image_size
   assert f"python main.py --config configs/{name}.py" in module.__doc__
+  assert_every_phase_builds(config, model)
+
+
+def assert_every_phase_builds(config, model) -> None:
+  """Builds the model of each training phase of `config` (10 steps per epoch): cloning
+  validates the phase's routing and ToE layout."""
   phases = schedule.make_phases(
       routing=model.routing, drop_warmup_steps=int(config.drop_warmup_epochs * 10),
       total_steps=int(config.num_epochs * 10), steps_per_epoch=10,
       toe=train.toe_schedule(config, model.num_patches), num_patches=model.num_patches)
   for phase in phases:
-    model.clone(routing=phase.routing, toe=phase.toe)  # validates each phase's layout
+    model.clone(routing=phase.routing, toe=phase.toe)
 
 
 def test_toe_configs_token_counts_and_speedup():

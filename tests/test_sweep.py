@@ -10,7 +10,8 @@ import pytest
 
 from configs import skipvit_s16_imagenet
 from configs.sweeps import paper_row
-from skipvit_jax import schedule, sweep, train
+from skipvit_jax import sweep, train
+from tests import test_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted(p for p in (REPO / "configs" / "sweeps").glob("*.py")
@@ -55,12 +56,7 @@ def test_sweep_file_loads_and_every_run_builds_a_valid_model(path):
     model = train.build_model(config, num_classes=8 if config.data.name == "synthetic" else 1000)
     if run.name == loaded.dense:
       assert not model.routing.routes and not config.toe.enabled
-    phases = schedule.make_phases(
-        routing=model.routing, drop_warmup_steps=int(config.drop_warmup_epochs * 10),
-        total_steps=int(config.num_epochs * 10), steps_per_epoch=10,
-        toe=train.toe_schedule(config, model.num_patches), num_patches=model.num_patches)
-    for phase in phases:
-      model.clone(routing=phase.routing, toe=phase.toe)  # validates each phase's layout
+    test_configs.assert_every_phase_builds(config, model)
 
 
 @pytest.mark.parametrize("row", skipvit_s16_imagenet.ROWS)
