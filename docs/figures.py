@@ -41,12 +41,7 @@ def main() -> None:
   points = [{"name": m["name"], viz.SPEEDUP: m["speedup_measured_mean"],
              viz.ACCURACY: 100 * m["top1_mean"]}
             for m in means if m["seeds"] and m["speedup_measured_mean"] is not None]
-  ax = viz.plot_pareto(points)
-  front = set(viz.pareto_front([[p[viz.SPEEDUP], p[viz.ACCURACY]] for p in points]).tolist())
-  for j, p in enumerate(points):  # plot_pareto names the front; name the rest too
-    if j not in front:
-      ax.annotate(p["name"], (p[viz.SPEEDUP], p[viz.ACCURACY]), fontsize=6, xytext=(3, -8),
-                  textcoords="offset points", color="0.4")
+  ax = viz.plot_pareto(points, label_all=True)
   ax.set_xlabel("measured training speedup over dense (same seed)")
   ax.set_ylabel("top-1 % with the run's routing (mean over seeds)")
   ax.figure.tight_layout()

@@ -578,6 +578,7 @@ def plot_pareto(
     x_key: str = SPEEDUP,
     y_key: str = ACCURACY,
     label_key: str = "name",
+    label_all: bool = False,
     ax=None,
 ):
   """Accuracy against measured speedup, one point per run, the Pareto front joined.
@@ -586,6 +587,7 @@ def plot_pareto(
     records: run records with numbers under `x_key` and `y_key` (see `completed_runs`).
     x_key, y_key: the record fields on the axes (both maximised for the front).
     label_key: field written next to each front point.
+    label_all: also write it, in grey, next to the points off the front.
     ax: matplotlib Axes to draw into (default: a new figure).
 
   Returns:
@@ -600,6 +602,9 @@ def plot_pareto(
     for j in front:
       ax.annotate(str(records[j].get(label_key, j)), points[j], fontsize=6,
                   xytext=(3, 3), textcoords="offset points")
+    for j in sorted(set(range(len(points))) - set(front.tolist())) if label_all else ():
+      ax.annotate(str(records[j].get(label_key, j)), points[j], fontsize=6,
+                  xytext=(3, -8), textcoords="offset points", color="0.4")
   ax.axvline(1.0, c="0.8", lw=0.8, zorder=0)
   ax.set_xlabel(x_key)
   ax.set_ylabel(y_key)

@@ -339,3 +339,13 @@ def test_eval_history_maps_steps_to_epochs_and_keeps_the_last_of_a_resumed_eval(
   ax = viz.plot_eval_history({"run": (epochs, recall)}, ylabel="recall", reference=0.45)
   np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.6, 0.7])
   assert ax.lines[1].get_ydata()[0] == 0.45
+
+
+def test_pareto_plot_labels_the_front_or_every_run():
+  records = [{"name": "dense", "top1": 0.30, "speedup_measured": 1.0},
+             {"name": "slow", "top1": 0.29, "speedup_measured": 1.1},  # dominated by "fast"
+             {"name": "fast", "top1": 0.31, "speedup_measured": 1.2}]
+  front_only = viz.plot_pareto(records)
+  assert sorted(t.get_text() for t in front_only.texts) == ["fast"]
+  every = viz.plot_pareto(records, label_all=True)
+  assert sorted(t.get_text() for t in every.texts) == ["dense", "fast", "slow"]
