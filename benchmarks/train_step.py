@@ -10,8 +10,9 @@ pipeline is out of the picture. Configurations are interleaved round by round, s
 that speeds up or slows down during the run affects all of them alike. Per configuration:
 images/s (median over the timed steps), the step's device memory (XLA's memory analysis of the
 compiled step: arguments + outputs + temporaries), achieved FLOP/s and MFU against a peak
-measured in the same run (the fastest of a few square matmuls), the measured speedup over the dense step, the
-FLOP-ideal speedup and the realised fraction of the ideal gain ((measured - 1) / (ideal - 1)).
+measured in the same run (the fastest of a few square matmuls), the measured speedup over the
+dense step, the FLOP-ideal speedup and the realised fraction of the ideal gain
+((measured - 1) / (ideal - 1)).
 Prints a table (stderr) and one JSON object (stdout, or --json_out). --profile_dir adds a
 jax.profiler trace of a few steps of each configuration, taken after the timing, and its
 summary: device-op time per step spent in matmuls, in routing's sort/gather/scatter, and in
