@@ -5,17 +5,27 @@
 - "dot_product_attention": `jax.nn.dot_product_attention` with its default (XLA)
   implementation; it never materialises the probabilities in the API, so the [CLS] row is
   recomputed from q[:, 0] and K (N*D multiply-adds per head, negligible).
-- "cudnn": the same function forced onto cuDNN's fused flash attention: NVIDIA GPUs with
-  bfloat16/float16 inputs only; elsewhere it falls back to "dot_product_attention", saying so
-  once in the log.
+- "cudnn": the same function forced onto cuDNN's fused flash attention, for NVIDIA GPUs with
+  bfloat16/float16 inputs and a head dimension that is a multiple of 8 up to 128. JAX (0.10 at
+  least) checks cuDNN's training path as if a bias were always present and so rejects every
+  odd token count, and a ViT has 1 + P tokens (197 at 224 px; 91 after the 6-55-11 drop). The
+  tokens are therefore padded to an even count, the padding keys masked through cuDNN's own
+  key-length mask and the padding rows dropped from the output: outputs and gradients are
+  those of the unpadded attention (tests/test_attention.py checks it through XLA). Where
+  cuDNN cannot run, the same padded call runs on XLA instead, saying so once in the log.
 - "pallas": the fused Pallas kernel of `kernels/gather_attention.py`, which emits the [CLS]
   row itself. It lowers on NVIDIA GPUs only; elsewhere (CPU, TPU, a PJRT plugin) it falls
   back to the kernel's plain-jnp reference, saying so once in the log.
 - "pallas_interpret": the same kernel in Pallas interpret mode, on any backend: how the
   kernel is tested on CPU (slow; not for training).
-- "auto": per backend. On NVIDIA GPUs "cudnn" (no GPU has measured the Pallas kernel against
-  it for this project yet: see BENCHMARKS.md); everywhere else (CPU, TPU, any PJRT plugin)
-  "xla", which measured fastest on CPU.
+- "auto": "cudnn" where cuDNN can run (an NVIDIA GPU, bfloat16/float16, a supported head
+  dimension), "xla" everywhere else (float32 on a GPU, CPU, TPU, any PJRT plugin). The GPU
+  choice is not yet measured, so it is reasoned: cuDNN's flash attention never writes the
+  (B, H, N, N) probabilities to memory, forward or backward, and is the attention JAX's large
+  GPU trainings use; "xla" materialises them; the Pallas kernel is this project's own Triton
+  code, unmeasured against both. `benchmarks/gpu_check.py` times all three in the training
+  step and names the fastest, and "auto" is to follow that measurement. On CPU, "xla"
+  measured fastest.
 
 In the model the kernel runs with keep_idx=None: after a split the residual stream itself is
 gathered (the MLP and the residual add need the kept tokens anyway), so every layer attends
@@ -39,6 +49,13 @@ from kernels import gather_attention as gather_attention_kernel
 from skipvit_jax import routing
 
 IMPLEMENTATIONS = ("auto", "xla", "dot_product_attention", "cudnn", "pallas", "pallas_interpret")
+
+# What cuDNN's fused attention accepts (JAX's own checks, kept conservative: head dimensions
+# up to 256 need a Hopper GPU, 128 runs on every generation).
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_MAX_HEAD_DIM = 128
+# The token count cuDNN's training path is given is a multiple of this; see the module doc.
+CUDNN_TOKEN_MULTIPLE = 2
 
 
 class AttentionResult(NamedTuple):
@@ -70,7 +87,7 @@ def attend(
     with_probs: also return the full attention probabilities (for inspection; this
       materialises a (B, H, N, N) array whatever the implementation).
   """
-  implementation = resolve(implementation)
+  implementation = resolve(implementation, dtype=q.dtype, head_dim=q.shape[-1])
   probs = attention_probs(q, k) if with_probs else None
   cls_scores = None
   if implementation == "xla":
@@ -92,22 +109,67 @@ def attend(
   )
 
 
-def resolve(implementation: str, backend: str | None = None) -> str:
-  """The concrete implementation `implementation` means on `backend` (default: JAX's)."""
+def resolve(
+    implementation: str, backend: str | None = None, *, dtype=None, head_dim: int | None = None
+) -> str:
+  """The concrete implementation `implementation` means on `backend` (default: JAX's) for
+  inputs of `dtype` and `head_dim` (None: any that cuDNN supports)."""
   check_implementation(implementation)
   if implementation != "auto":
     return implementation
+  return "cudnn" if _cudnn_unsupported(backend, dtype, head_dim) is None else "xla"
+
+
+def _cudnn_unsupported(backend: str | None, dtype, head_dim: int | None) -> str | None:
+  """Why cuDNN's fused attention cannot run these inputs here, or None when it can."""
   backend = jax.default_backend() if backend is None else backend
-  return "cudnn" if backend in ("gpu", "cuda") else "xla"
+  if backend not in ("gpu", "cuda"):
+    return f"backend {backend!r}"
+  if dtype is not None and jnp.dtype(dtype) not in CUDNN_DTYPES:
+    return f"{jnp.dtype(dtype)} inputs"
+  if head_dim is not None and (head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM):
+    return f"head dimension {head_dim} (needs a multiple of 8 up to {CUDNN_MAX_HEAD_DIM})"
+  return None
 
 
 def _cudnn_attention(q, k, v) -> jax.Array:
-  backend = jax.default_backend()
-  if backend in ("gpu", "cuda") and q.dtype in (jnp.bfloat16, jnp.float16):
-    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-  _log_fallback_once("cudnn", f"backend {backend!r} with {q.dtype} inputs",
-                     "dot_product_attention (XLA)")
-  return jax.nn.dot_product_attention(q, k, v)
+  reason = _cudnn_unsupported(None, q.dtype, q.shape[-1])
+  if reason is None:
+    return padded_dot_product_attention(q, k, v, multiple=CUDNN_TOKEN_MULTIPLE,
+                                        implementation="cudnn")
+  _log_fallback_once("cudnn", reason, "the same padded attention on XLA")
+  return padded_dot_product_attention(q, k, v, multiple=CUDNN_TOKEN_MULTIPLE,
+                                      implementation="xla")
+
+
+def padded_dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, multiple: int, implementation: str
+) -> jax.Array:
+  """`jax.nn.dot_product_attention` with the tokens padded to a multiple of `multiple`.
+
+  The padding keys are masked by key length (cuDNN's native padding mask, no bias array),
+  the padding queries are zeros whose output rows are dropped, so the result and its
+  gradients equal the unpadded attention's.
+
+  Args:
+    q, k, v: (B, N, H, D).
+    multiple: the padded token count is the smallest multiple of this >= N.
+    implementation: "cudnn" or "xla", passed to `jax.nn.dot_product_attention`.
+
+  Returns:
+    (B, N, H, D).
+  """
+  batch, num_tokens = q.shape[:2]
+  padded = -(-num_tokens // multiple) * multiple
+  if padded == num_tokens:
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  pad = ((0, 0), (0, padded - num_tokens), (0, 0), (0, 0))
+  out = jax.nn.dot_product_attention(
+      *(jnp.pad(x, pad) for x in (q, k, v)),
+      key_value_seq_lengths=jnp.full((batch,), num_tokens, jnp.int32),
+      implementation=implementation,
+  )
+  return out[:, :num_tokens]
 
 
 def _pallas_attention(q, k, v, *, interpret: bool) -> tuple[jax.Array, jax.Array]:

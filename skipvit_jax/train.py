@@ -15,11 +15,12 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import logging
 
 from skipvit_jax import (checkpointing, distributed, evaluate, flops, optim, parallel, schedule,
@@ -99,6 +100,43 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   return max(int(round(config.num_epochs * steps_per_epoch)), 1)
 
 
+def training_phases(config: ml_collections.ConfigDict, model: ViT, steps_per_epoch: int,
+                    total_steps: int) -> tuple[schedule.Phase, ...]:
+  """The run's training phases (drop warm-up, routing, ToE stages), each one compiled step."""
+  return schedule.make_phases(
+      routing=model.routing, total_steps=total_steps,
+      drop_warmup_steps=int(round(config.drop_warmup_epochs * steps_per_epoch)),
+      toe=toe_schedule(config, model.num_patches), steps_per_epoch=steps_per_epoch,
+      num_patches=model.num_patches,
+  )
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, learning-rate schedule) of the run."""
+  learning_rate = optim.learning_rate_schedule(
+      base_lr=config.optimizer.lr, warmup_lr=config.optimizer.warmup_lr,
+      warmup_steps=int(round(config.optimizer.warmup_epochs * steps_per_epoch)),
+      total_steps=total_steps, min_lr=config.optimizer.min_lr,
+  )
+  return optim.make_optimizer(config.optimizer, learning_rate), learning_rate
+
+
+def per_device_train_step(config: ml_collections.ConfigDict, model: ViT,
+                          optimizer: optax.GradientTransformation,
+                          learning_rate: optax.Schedule) -> Callable:
+  """`training_step.train_step` bound to one phase's model: what the trainer pmaps over the
+  axis `AXIS` (and what tests/test_cuda_lowering.py lowers for GPUs)."""
+  regularization = training_step.Regularization(
+      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+      cutmix_alpha=config.cutmix_alpha, mix_switch_prob=config.mix_switch_prob,
+  )
+  return functools.partial(
+      training_step.train_step, model=model, optimizer=optimizer, learning_rate=learning_rate,
+      regularization=regularization, seed=config.seed,
+  )
+
+
 # --------------------------------------------------------------------------------------------
 # Host-side helpers.
 
@@ -157,23 +195,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         f"config.batch_size: {config.batch_size} exceeds the {info.num_train} training examples"
     )
   total_steps = total_train_steps(config, steps_per_epoch)
-  phases = schedule.make_phases(
-      routing=model.routing, total_steps=total_steps,
-      drop_warmup_steps=int(round(config.drop_warmup_epochs * steps_per_epoch)),
-      toe=toe_schedule(config, model.num_patches), steps_per_epoch=steps_per_epoch,
-      num_patches=model.num_patches,
-  )
+  phases = training_phases(config, model, steps_per_epoch, total_steps)
   phase_models = {p.key: model.clone(routing=p.routing, toe=p.toe) for p in phases}  # validates
-  learning_rate = optim.learning_rate_schedule(
-      base_lr=config.optimizer.lr, warmup_lr=config.optimizer.warmup_lr,
-      warmup_steps=int(round(config.optimizer.warmup_epochs * steps_per_epoch)),
-      total_steps=total_steps, min_lr=config.optimizer.min_lr,
-  )
-  optimizer = optim.make_optimizer(config.optimizer, learning_rate)
-  regularization = training_step.Regularization(
-      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
-      cutmix_alpha=config.cutmix_alpha, mix_switch_prob=config.mix_switch_prob,
-  )
+  optimizer, learning_rate = make_optimizer(config, steps_per_epoch, total_steps)
 
   flop_args = dict(image_size=model.image_size, num_classes=model.num_classes)
   run_speedup = flops.schedule_speedup(model.variant, phases=phases, **flop_args)
@@ -217,10 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   def step_fn_for(phase: schedule.Phase):
     if phase.key not in step_fns:
       step_fns[phase.key] = jax.pmap(
-          functools.partial(
-              training_step.train_step, model=phase_models[phase.key], optimizer=optimizer,
-              learning_rate=learning_rate, regularization=regularization, seed=config.seed,
-          ),
+          per_device_train_step(config, phase_models[phase.key], optimizer, learning_rate),
           axis_name=AXIS, donate_argnums=(0,),
       )
     return step_fns[phase.key]

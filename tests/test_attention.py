@@ -1,8 +1,10 @@
 """Attention implementations agree with each other and with the numpy reference."""
 
+import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -77,10 +79,53 @@ def test_pallas_falls_back_to_the_reference_off_gpu_and_says_so(caplog):
 
 def test_auto_picks_per_backend():
   assert attention.resolve("auto", "gpu") == "cudnn"
-  assert attention.resolve("auto", "cuda") == "cudnn"
+  assert attention.resolve("auto", "cuda", dtype=jnp.bfloat16, head_dim=64) == "cudnn"
+  assert attention.resolve("auto", "gpu", dtype=jnp.float16, head_dim=128) == "cudnn"
+  # Where cuDNN cannot run the inputs, XLA.
+  assert attention.resolve("auto", "gpu", dtype=jnp.float32, head_dim=64) == "xla"
+  assert attention.resolve("auto", "gpu", dtype=jnp.bfloat16, head_dim=12) == "xla"
+  assert attention.resolve("auto", "gpu", dtype=jnp.bfloat16, head_dim=256) == "xla"
   for backend in ("cpu", "tpu", "ascend", "some_pjrt_plugin"):
     assert attention.resolve("auto", backend) == "xla"
   assert attention.resolve("pallas", "tpu") == "pallas"  # explicit names are kept
+
+
+@pytest.mark.parametrize("num_tokens", [46, 65, 90, 91, 99, 148, 197])
+@pytest.mark.parametrize("multiple", [attention.CUDNN_TOKEN_MULTIPLE, 8, 64])
+def test_padded_attention_equals_unpadded_in_outputs_and_gradients(num_tokens, multiple):
+  # The padding the cuDNN path uses, run through XLA: padding keys are masked and padding
+  # rows dropped, so nothing of the padding reaches the output or the gradients.
+  q, k, v = _qkv(num_tokens, batch=2, n=num_tokens, heads=2, d=8)
+  cotangent = np.random.default_rng(num_tokens + 1).normal(size=q.shape).astype(np.float32)
+
+  def loss(attend):
+    return lambda q, k, v: jnp.sum(attend(q, k, v) * cotangent)
+
+  padded = functools.partial(attention.padded_dot_product_attention, multiple=multiple,
+                             implementation="xla")
+  unpadded = lambda q, k, v: attention.attend(q, k, v, implementation="xla").out
+  np.testing.assert_allclose(jax.jit(padded)(q, k, v), jax.jit(unpadded)(q, k, v),
+                             rtol=1e-5, atol=1e-6)
+  want_out, _ = _reference_attention(q, k, v)
+  np.testing.assert_allclose(jax.jit(padded)(q, k, v), want_out, rtol=1e-5, atol=1e-5)
+  grads = jax.jit(jax.grad(loss(padded), argnums=(0, 1, 2)))(q, k, v)
+  want = jax.jit(jax.grad(loss(unpadded), argnums=(0, 1, 2)))(q, k, v)
+  for got, expected in zip(grads, want):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_tokens", [90, 91, 197])
+def test_cudnn_path_gives_the_xla_paths_cls_scores(num_tokens):
+  # Off a GPU "cudnn" runs its padded call on XLA: the same code up to the kernel.
+  q, k, v = _qkv(num_tokens, batch=2, n=num_tokens, heads=2, d=8)
+  cudnn, xla = (
+      jax.jit(functools.partial(attention.attend, implementation=name, with_cls_scores=True))(
+          q, k, v)
+      for name in ("cudnn", "xla"))
+  np.testing.assert_allclose(cudnn.out, xla.out, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cudnn.cls_scores, xla.cls_scores, rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(
+      cudnn.cls_scores, reference.cls_attention_scores(q, k), rtol=1e-5, atol=1e-8)
 
 
 def test_unknown_implementation_is_rejected():
@@ -89,7 +134,10 @@ def test_unknown_implementation_is_rejected():
     attention.attend(q, k, v, implementation="flash")
 
 
-def test_pallas_kernel_gradients_through_the_model_match_xla():
+@pytest.mark.parametrize("implementation", ["pallas_interpret", "cudnn"])
+def test_gradients_through_the_model_match_xla(implementation):
+  # "cudnn" off a GPU runs its token padding on XLA, here of the odd counts 65 and, after the
+  # drop, 33: gradients through the routed model must not see the padding.
   images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
   labels = jax.numpy.array([3, 5])
   xla = ViT("Te/4", num_classes=10, image_size=32, routing=RoutingConfig((6,), (0.5,), 11))
@@ -102,7 +150,7 @@ def test_pallas_kernel_gradients_through_the_model_match_xla():
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return jax.jit(jax.grad(loss))(params)
 
-  want, got = grads(xla), grads(xla.clone(attention="pallas_interpret"))
+  want, got = grads(xla), grads(xla.clone(attention=implementation))
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
 

@@ -31,11 +31,8 @@ def test_config_builds_a_valid_model_in_every_phase(name, arg):
 def assert_every_phase_builds(config, model) -> None:
   """Builds the model of each training phase of `config` (10 steps per epoch): cloning
   validates the phase's routing and ToE layout."""
-  phases = schedule.make_phases(
-      routing=model.routing, drop_warmup_steps=int(config.drop_warmup_epochs * 10),
-      total_steps=int(config.num_epochs * 10), steps_per_epoch=10,
-      toe=train.toe_schedule(config, model.num_patches), num_patches=model.num_patches)
-  for phase in phases:
+  for phase in train.training_phases(config, model, steps_per_epoch=10,
+                                     total_steps=int(config.num_epochs * 10)):
     model.clone(routing=phase.routing, toe=phase.toe)
 
 
