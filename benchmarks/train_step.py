@@ -3,6 +3,7 @@
   python benchmarks/train_step.py                       # ViT-S/16, 224 px, every config
   python benchmarks/train_step.py --variant=Te/4 --image_size=32 --batch_size=8 --steps=3 \
       --configs=dense,6-55-11                           # a seconds-long smoke run
+  python benchmarks/train_step.py --attention=xla,cudnn,pallas --configs=dense,6-55-11
 
 Runs the trainer's own step (skipvit_jax.training_step: forward, backward, pmean, AdamW update,
 pmap'd over the local devices) on synthetic batches already on the devices, so the input
@@ -12,7 +13,11 @@ images/s (median over the timed steps), the step's device memory (XLA's memory a
 compiled step: arguments + outputs + temporaries), achieved FLOP/s and MFU against a peak
 measured in the same run (the fastest of a few square matmuls), the measured speedup over the
 dense step, the FLOP-ideal speedup and the realised fraction of the ideal gain
-((measured - 1) / (ideal - 1)).
+((measured - 1) / (ideal - 1)). With several attention implementations (--attention, a comma
+list) every configuration runs with each, speedups against the dense step of the same
+implementation, and each result names what really ran (a fallback included). Steps are traced
+one after another, then compiled in parallel threads (XLA compiles outside Python's lock), which
+on a many-core GPU host cuts the start-up severalfold.
 Prints a table (stderr) and one JSON object (stdout, or --json_out). --profile_dir adds a
 jax.profiler trace of a few steps of each configuration, taken after the timing, and its
 summary: device-op time per step spent in matmuls, in routing's sort/gather/scatter, and in
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import dataclasses
 import datetime
 import functools
@@ -45,7 +51,8 @@ import numpy as np
 import optax
 
 from benchmarks import timing
-from skipvit_jax import flops, parallel, toe, training_step
+from skipvit_jax import attention, flops, parallel, toe, training_step
+from skipvit_jax.models.variants import decode_variant
 from skipvit_jax.models.vit import ViT
 from skipvit_jax.routing import RoutingConfig
 
@@ -66,22 +73,23 @@ class BenchConfig:
   name: str
   routing: RoutingConfig
   toe_stage: int  # 0: no ToE
+  attention: str = "xla"  # attention implementation (skipvit_jax/attention.py)
 
 
-def parse_config(name: str) -> BenchConfig:
+def parse_config(name: str, attention: str = "xla") -> BenchConfig:
   """'dense', a paper row ('6-55-11', '6-45-fused'), 'toe1'/'toe2', or 'toe<k>+<row>'."""
   toe_stage, row = 0, name
   if name.startswith("toe"):
     stage, _, row = name[3:].partition("+")
     toe_stage = int(stage)
   routing = RoutingConfig() if row in ("dense", "") else RoutingConfig.from_paper_row(row)
-  return BenchConfig(name, routing, toe_stage)
+  return BenchConfig(name, routing, toe_stage, attention)
 
 
 def build_step(bench: BenchConfig, args, optimizer):
   """(pmapped step, replicated state, device batch, model) for one configuration."""
   model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size,
-              routing=bench.routing, attention=args.attention, dtype=DTYPES[args.dtype])
+              routing=bench.routing, attention=bench.attention, dtype=DTYPES[args.dtype])
   if bench.toe_stage:
     plan = toe.make_plan(model.num_patches, epoch=bench.toe_stage - 1, **TOE_DEIT_S)
     model = model.clone(toe=plan if plan.active else None)
@@ -131,87 +139,106 @@ def profile_summary(trace_dir: Path, num_steps: int) -> dict:
   return {"op_ms_per_step": dict(kinds), "top_ops_ms_per_step": dict(ops.most_common(8))}
 
 
-def compile_step(step, state, batch):
-  """(compiled step, its device memory in bytes or None): XLA's memory analysis of the very
+def step_memory(compiled) -> int | None:
+  """The compiled step's device memory in bytes, or None: XLA's memory analysis of the very
   program that is timed (arguments + outputs + temporaries, less donated aliases)."""
-  compiled = step.lower(state, batch).compile()
   analysis = compiled.memory_analysis()
   if analysis is None:  # not every backend reports it
-    return compiled, None
-  return compiled, int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-                       + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return None
+  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def peak_memory_in_use() -> int | None:
+  """The process's peak device memory in bytes (largest over local devices), where reported."""
+  stats = [device.memory_stats() or {} for device in jax.local_devices()]
+  peaks = [s["peak_bytes_in_use"] for s in stats if "peak_bytes_in_use" in s]
+  return max(peaks) if peaks else None
 
 
 def run(args) -> dict:
   devices = jax.local_devices()
   optimizer = optax.adamw(args.lr, weight_decay=0.05)
-  configs = [parse_config(name) for name in args.configs.split(",")]
-  if configs[0].name != "dense":
-    configs.insert(0, parse_config("dense"))  # the baseline every speedup is measured against
+  names = args.configs.split(",")
+  if names[0] != "dense":
+    names.insert(0, "dense")  # the baseline every speedup is measured against
+  attentions = args.attention.split(",")
+  configs = [parse_config(name, attention) for attention in attentions for name in names]
+  key = lambda bench: (bench.attention, bench.name)
 
   # The best of a few sizes: MFU against the fastest matmul this device runs, not a lucky one
   # (on a CPU the cache makes mid sizes fastest; on a GPU the largest wins).
   matmul_sizes = [int(size) for size in args.matmul_sizes.split(",")]
   peaks = {size: timing.peak_matmul_flops(DTYPES[args.dtype], size) for size in matmul_sizes}
   peak = max(peaks.values())
-  steps, states, batches, models, memory = {}, {}, {}, {}, {}
-  for bench in configs:  # compile and warm up everything before any timing
+  states, batches, models, lowered = {}, {}, {}, {}
+  for bench in configs:  # tracing holds Python's lock: one after another
     step, state, batch, model = build_step(bench, args, optimizer)
-    step, memory[bench.name] = compile_step(step, state, batch)
+    lowered[key(bench)] = step.lower(state, batch)
+    states[key(bench)], batches[key(bench)], models[key(bench)] = state, batch, model
+  with concurrent.futures.ThreadPoolExecutor(args.compile_threads or None) as pool:
+    steps = dict(zip(lowered, pool.map(lambda program: program.compile(), lowered.values())))
+  memory = {k: step_memory(compiled) for k, compiled in steps.items()}
+  for k, step in steps.items():  # warm up everything before any timing
     for _ in range(args.warmup):
-      state, metrics = step(state, batch)
+      states[k], metrics = step(states[k], batches[k])
     jax.block_until_ready(metrics)
-    steps[bench.name], states[bench.name], batches[bench.name] = step, state, batch
-    models[bench.name] = model
 
-  times = {bench.name: [] for bench in configs}
+  times = {key(bench): [] for bench in configs}
   per_round = max(1, -(-args.steps // args.rounds))
   for _ in range(args.rounds):
-    for bench in configs:
-      step, batch = steps[bench.name], batches[bench.name]
+    for k in times:
+      step, batch = steps[k], batches[k]
       for _ in range(per_round):
         start = time.perf_counter()
-        states[bench.name], metrics = step(states[bench.name], batch)
+        states[k], metrics = step(states[k], batch)
         jax.block_until_ready(metrics)
-        times[bench.name].append(time.perf_counter() - start)
+        times[k].append(time.perf_counter() - start)
 
   profiles = {}
   if args.profile_dir:  # after the timing, so tracing cannot slow what is timed
     for bench in configs:
-      trace_dir = Path(args.profile_dir) / bench.name
+      k = key(bench)
+      trace_dir = Path(args.profile_dir) / "_".join(k if len(attentions) > 1 else k[1:])
       with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
         for _ in range(args.profile_steps):
-          states[bench.name], metrics = steps[bench.name](states[bench.name], batches[bench.name])
+          states[k], metrics = steps[k](states[k], batches[k])
         jax.block_until_ready(metrics)
-      profiles[bench.name] = profile_summary(trace_dir, args.profile_steps)
+      profiles[k] = profile_summary(trace_dir, args.profile_steps)
 
   flop_args = dict(image_size=args.image_size, num_classes=args.num_classes)
-  dense_rate = None
+  head_dim = decode_variant(args.variant).head_dim
+  dense_rates = {}
   results = []
   for bench in configs:
-    model = models[bench.name]
+    k = key(bench)
+    model = models[k]
     macs = flops.forward_macs(args.variant, routing=bench.routing, toe=model.toe, **flop_args)
-    seconds = statistics.median(times[bench.name])
+    seconds = statistics.median(times[k])
     rate = args.batch_size / seconds
-    dense_rate = dense_rate or rate
+    dense_rates.setdefault(bench.attention, rate)
     train_flops = 3 * 2 * macs.total * args.batch_size  # forward + backward (2x) per step
     ideal = flops.ideal_speedup(args.variant, routing=bench.routing, toe=model.toe, **flop_args)
-    measured = rate / dense_rate
+    measured = rate / dense_rates[bench.attention]
     results.append({
         "config": bench.name,
+        "attention": bench.attention,
+        "attention_runs_as": attention.runs_as(bench.attention, dtype=DTYPES[args.dtype],
+                                               head_dim=head_dim),
         "tokens_per_layer": [a for a, _ in (model.routing_plan.tokens_per_layer())],
         "toe_tokens": model.toe.num_out if model.toe else None,
         "images_per_sec": rate,
         "step_ms_median": seconds * 1e3,
-        "timed_steps": len(times[bench.name]),
-        "step_memory_mib": memory[bench.name] / 2**20 if memory[bench.name] else None,
+        "timed_steps": len(times[k]),
+        "step_memory_mib": memory[k] / 2**20 if memory[k] else None,
         "achieved_tflops": train_flops / seconds / 1e12 / len(devices),
         "mfu": train_flops / seconds / len(devices) / peak,
         "measured_speedup": measured,
         "ideal_speedup": ideal,
         "realised_fraction_of_ideal_gain": (measured - 1) / (ideal - 1) if ideal > 1 else None,
-        **({"profile": profiles[bench.name]} if bench.name in profiles else {}),
+        **({"profile": profiles[k]} if k in profiles else {}),
     })
+  peak_in_use = peak_memory_in_use()
   return {
       "benchmark": "train_step",
       "date": datetime.date.today().isoformat(),
@@ -223,6 +250,7 @@ def run(args) -> dict:
       "dtype": args.dtype, "attention": args.attention,
       "peak_matmul_tflops_per_device": peak / 1e12,
       "matmul_tflops_by_size": {str(size): value / 1e12 for size, value in peaks.items()},
+      "process_peak_memory_mib": peak_in_use / 2**20 if peak_in_use else None,
       "results": results,
   }
 
@@ -233,21 +261,22 @@ def table(report: dict) -> str:
       f"{report['batch_size']}, {report['dtype']}, attention {report['attention']}, "
       f"{report['local_devices']}x {report['device_kind']}, JAX {report['jax_version']}, "
       f"peak matmul {report['peak_matmul_tflops_per_device']:.3f} TFLOP/s per device",
-      f"{'config':<16}{'img/s':>10}{'ms/step':>10}{'mem MiB':>10}{'MFU':>8}"
+      f"{'attention':<10}{'config':<16}{'img/s':>10}{'ms/step':>10}{'mem MiB':>10}{'MFU':>8}"
       f"{'speedup':>9}{'ideal':>8}{'realised':>10}",
   ]
   for r in report["results"]:
     realised = r["realised_fraction_of_ideal_gain"]
     memory = r["step_memory_mib"]
     lines.append(
-        f"{r['config']:<16}{r['images_per_sec']:>10.1f}{r['step_ms_median']:>10.1f}"
+        f"{r['attention']:<10}{r['config']:<16}{r['images_per_sec']:>10.1f}"
+        f"{r['step_ms_median']:>10.1f}"
         f"{(f'{memory:.0f}' if memory else '-'):>10}{r['mfu']:>8.1%}{r['measured_speedup']:>9.3f}"
         f"{r['ideal_speedup']:>8.3f}{(f'{realised:.0%}' if realised is not None else '-'):>10}")
   for r in report["results"]:
     if "profile" in r:
       kinds = r["profile"]["op_ms_per_step"]
       total = sum(kinds.values())
-      lines.append(f"profile {r['config']}: " + ", ".join(
+      lines.append(f"profile {r['attention']} {r['config']}: " + ", ".join(
           f"{kind} {ms:.0f} ms ({ms / total:.0%})" for kind, ms in sorted(kinds.items())))
   return "\n".join(lines)
 
@@ -259,7 +288,11 @@ def parse_args(argv=None):
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=256, help="global, over local devices")
   parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
-  parser.add_argument("--attention", default="xla")
+  parser.add_argument("--attention", default="xla",
+                      help="attention implementation(s), comma-separated (see "
+                           "skipvit_jax/attention.py)")
+  parser.add_argument("--compile_threads", type=int, default=0,
+                      help="threads compiling the steps in parallel (0: one per CPU core)")
   parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
   parser.add_argument("--steps", type=int, default=20, help="timed steps per config (>= 20)")
   parser.add_argument("--rounds", type=int, default=4, help="interleaving rounds")

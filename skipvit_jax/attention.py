@@ -120,6 +120,19 @@ def resolve(
   return "cudnn" if _cudnn_unsupported(backend, dtype, head_dim) is None else "xla"
 
 
+def runs_as(implementation: str, *, dtype, head_dim: int, backend: str | None = None) -> str:
+  """What `implementation` runs on `backend` for inputs of `dtype` and `head_dim`: the
+  resolved name, or the fallback and why (for benchmark and log records)."""
+  backend = jax.default_backend() if backend is None else backend
+  name = resolve(implementation, backend, dtype=dtype, head_dim=head_dim)
+  if name == "cudnn":
+    reason = _cudnn_unsupported(backend, dtype, head_dim)
+    return name if reason is None else f"xla (cudnn cannot run: {reason})"
+  if name == "pallas" and not gather_attention_kernel.can_lower(backend):
+    return f"pallas jnp reference (no Pallas lowering on backend {backend!r})"
+  return name
+
+
 def _cudnn_unsupported(backend: str | None, dtype, head_dim: int | None) -> str | None:
   """Why cuDNN's fused attention cannot run these inputs here, or None when it can."""
   backend = jax.default_backend() if backend is None else backend

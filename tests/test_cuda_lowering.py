@@ -156,7 +156,8 @@ def test_small_train_step_lowers_for_cuda(case, implementation, dtype, caplog):
     text, model = _lower_train_step(config, phase)
   _assert_kernels(text, model, _expected_kernel(implementation, dtype), backward=True)
   if implementation == "cudnn" and dtype == "float32":  # cuDNN has no float32 attention
-    assert "attention 'cudnn': float32 inputs; using the same padded attention on XLA" in caplog.text
+    assert ("attention 'cudnn': float32 inputs; using the same padded attention on XLA"
+            in caplog.text)
 
 
 @pytest.mark.parametrize("case", S16_CASES)
