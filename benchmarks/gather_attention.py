@@ -9,7 +9,8 @@ after --warmup runs, each synchronised with block_until_ready):
 
 - pallas:    kernels.gather_attention (reads kept rows in place; returns [CLS] scores too),
 - xla:       take_along_axis gather + jax.nn.dot_product_attention(implementation="xla"),
-- cudnn:     the same with implementation="cudnn" (GPU only; skipped with a reason elsewhere).
+- cudnn:     the same through the model's "cudnn" attention (skipvit_jax/attention.py: cuDNN's
+             fused attention, tokens padded to an even count; GPU only, skipped elsewhere).
 
 The XLA baselines also compute the [CLS]-row scores (one extra (B, H, 1 + K) row of
 logits), so all three produce the same outputs. Each row reports the analytic FLOPs and
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -38,6 +38,7 @@ import numpy as np
 
 from benchmarks import timing
 from kernels import gather_attention as ga
+from skipvit_jax import attention
 
 # Shape and probe-size flags: ViT-S/16 on a GPU by default, small under --tiny. Flags given
 # on the command line win over both.
@@ -88,17 +89,16 @@ def _measure_peaks(dtype, matmul_size: int, copy_mib: int, warmup: int, runs: in
 
 
 def _xla_attention(implementation: str):
-  """Gather + jax.nn.dot_product_attention + [CLS]-row scores, like gather_attention."""
+  """Gather + attention + [CLS]-row scores, like gather_attention. `implementation` is a name
+  of skipvit_jax.attention: "dot_product_attention" (XLA) or "cudnn"."""
 
   def attend(q, k, v, keep_idx):
     if keep_idx is not None:
       cls_row = jnp.zeros((keep_idx.shape[0], 1), jnp.int32)
       rows = jnp.concatenate([cls_row, keep_idx + 1], axis=1)[:, :, None, None]
       q, k, v = (jnp.take_along_axis(x, rows, axis=1) for x in (q, k, v))
-    out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
-    logits = jnp.einsum("bhd,bnhd->bhn", q[:, 0], k, preferred_element_type=jnp.float32)
-    scores = jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1).mean(axis=1)[:, 1:]
-    return out, scores
+    result = attention.attend(q, k, v, implementation=implementation, with_cls_scores=True)
+    return result.out, result.cls_scores
 
   return attend
 
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
   else:
     reason = f"no Pallas lowering on {backend}; try --interpret"
     skipped.append({"impl": "pallas", "reason": reason})
-  impls["xla"] = _xla_attention("xla")
+  impls["xla"] = _xla_attention("dot_product_attention")
   if backend == "gpu":
     impls["cudnn"] = _xla_attention("cudnn")
   else:

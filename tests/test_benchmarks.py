@@ -1,12 +1,13 @@
 """Smoke tests of the benchmarks at tiny sizes: the JSON they print is complete and sane."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import input_pipeline, train_step
+from benchmarks import gpu_check, input_pipeline, train_step
 from skipvit_jax import flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +72,82 @@ def test_model_and_benchmarks_import_without_the_data_stack():
           "import benchmarks.train_step, benchmarks.gather_attention, kernels.gather_attention\n"
           "import skipvit_jax.models.vit, skipvit_jax.training_step, skipvit_jax.flops\n")
   subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)
+
+
+def test_gpu_check_smoke_writes_every_field(tmp_path):
+  report = gpu_check.main(["--smoke", f"--out_dir={tmp_path}"])
+  written = json.loads((tmp_path / "gpu_check.json").read_text())
+  assert written == json.loads(json.dumps(report))
+  assert {"benchmark", "argv", "environment", "kernel_checks", "train_step", "timm", "targets",
+          "attention_choice", "runtime_s"} <= written.keys()
+  assert {"date", "jax", "flax", "optax", "backend", "device_kind", "local_devices",
+          "platform_version", "smoke"} <= written["environment"].keys()
+  # Correctness: both kernels, both dtypes, all within tolerance (on CPU: the Pallas kernel
+  # in interpret mode, the cuDNN path's padding on XLA).
+  checks = written["kernel_checks"]
+  assert {(c["kernel"], c["dtype"]) for c in checks} == {
+      (kernel, dtype) for kernel in ("pallas", "cudnn") for dtype in ("float32", "bfloat16")}
+  for c in checks:
+    assert c["passed"] and set(c["errors"]) == {"out", "cls_scores", "dq", "dk", "dv"}, c
+  # The training step: every configuration with every attention implementation.
+  steps = written["train_step"]
+  assert steps["dtype"] == "bfloat16" and steps["peak_matmul_tflops_per_device"] > 0
+  assert [(r["attention"], r["config"]) for r in steps["results"]] == [
+      (a, c) for a in ("cudnn", "pallas") for c in ("dense", "6-55-11")]
+  for r in steps["results"]:
+    assert r["images_per_sec"] > 0 and r["mfu"] > 0 and r["step_memory_mib"] > 0, r
+    # On a CPU both fall back, and the record says to what.
+    assert r["attention_runs_as"].startswith(
+        {"cudnn": "xla (cudnn cannot run", "pallas": "pallas jnp reference"}[r["attention"]]), r
+  peer = written["timm"]
+  assert peer["ran"] == ("images_per_sec" in peer) and (peer["ran"] or peer["reason"])
+  assert {(v["target"], v["attention"]) for v in written["targets"]} == {
+      (target, a) for a in ("cudnn", "pallas") for target in (
+          "dense MFU >= 35%", "dense images/s >= timm's", "6-55-11 speedup >= 1.24x",
+          "every routed step's memory < dense's")}
+  assert written["attention_choice"]["fastest"] in ("cudnn", "pallas")
+  assert written["runtime_s"]["total"] > 0
+  text = (tmp_path / "gpu_check.md").read_text()
+  for heading in ("### Kernel correctness", "### Training step", "### Peer: timm", "### Targets"):
+    assert heading in text
+  assert text.count("| pallas (pallas jnp reference") == 2
+
+
+def _step_result(attention, config, images_per_sec, *, mfu=0.4, ideal=1.0, memory=100.0):
+  speedup = images_per_sec / 100.0
+  return {"attention": attention, "config": config, "images_per_sec": images_per_sec,
+          "mfu": mfu, "measured_speedup": speedup, "ideal_speedup": ideal,
+          "realised_fraction_of_ideal_gain": (speedup - 1) / (ideal - 1) if ideal > 1 else None,
+          "step_memory_mib": memory}
+
+
+def test_gpu_check_judges_every_target_and_names_the_fastest_attention():
+  results = [
+      _step_result("xla", "dense", 100.0, mfu=0.30),
+      _step_result("xla", "6-55-11", 120.0, ideal=1.27, memory=80.0),
+      _step_result("xla", "toe1", 190.0, ideal=1.88, memory=60.0),
+      _step_result("xla", "toe1+6-55-11", 230.0, ideal=2.32, memory=110.0),
+      _step_result("cudnn", "dense", 100.0, mfu=0.40),  # speedups are per implementation
+      _step_result("cudnn", "6-55-11", 130.0, ideal=1.27, memory=80.0),
+      _step_result("cudnn", "toe1", 175.0, ideal=1.88, memory=60.0),
+      _step_result("cudnn", "toe1+6-55-11", 240.0, ideal=2.32, memory=70.0),
+  ]
+  verdicts = {(v["target"], v["attention"]): v for v in gpu_check.judge(
+      results, {"ran": True, "images_per_sec": 105.0})}
+  assert verdicts[("dense MFU >= 35%", "xla")]["passed"] is False
+  assert verdicts[("dense MFU >= 35%", "cudnn")]["passed"] is True
+  assert verdicts[("dense images/s >= timm's", "cudnn")]["passed"] is False
+  assert verdicts[("6-55-11 speedup >= 1.24x", "xla")]["passed"] is False  # 1.20x
+  assert verdicts[("6-55-11 speedup >= 1.24x", "cudnn")]["passed"] is True  # 1.30x
+  # ToE stage 1 alone: xla realises 0.90 / 0.88 of the ideal gain (over 100%), cudnn 0.75 / 0.88.
+  assert verdicts[("toe1 realises >= 90% of its ideal gain", "xla")]["passed"] is True
+  assert verdicts[("toe1 realises >= 90% of its ideal gain", "cudnn")]["passed"] is False
+  assert ("toe1+6-55-11 realises >= 90% of its ideal gain", "xla") not in verdicts
+  assert verdicts[("every routed step's memory < dense's", "xla")]["passed"] is False
+  assert verdicts[("every routed step's memory < dense's", "cudnn")]["passed"] is True
+  unmeasured = gpu_check.judge(results, {"ran": False, "reason": "no torch"})
+  assert [v["passed"] for v in unmeasured if v["target"] == "dense images/s >= timm's"] == [
+      None, None]
+  choice = gpu_check.fastest_attention(results)
+  assert choice["fastest"] == "cudnn"  # geometric mean 152.9 against 151.3 img/s
+  assert choice["auto_picks"] == "xla" and not choice["auto_agrees"]  # a CPU

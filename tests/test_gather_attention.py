@@ -19,7 +19,7 @@ from jax.experimental import pallas as pl
 from benchmarks import gather_attention as benchmark
 from kernels import gather_attention as ga
 from skipvit_jax import routing
-from tests import reference
+from tests import cuda_lowering, reference
 
 INTERPRET = not ga.can_lower()
 # Small tiles so that small shapes still span several query and key tiles.
@@ -211,18 +211,20 @@ def test_compiled_call_without_lowering_raises():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-def test_lowers_to_triton(monkeypatch, dtype):
+def test_lowers_to_triton(dtype):
   """Forward and backward lower to Triton kernels for CUDA, on any host: this catches
   shapes and ops the Triton backend rejects, though not Triton's own compilation."""
-  monkeypatch.setattr(ga, "can_lower", lambda backend=None: True)
   x = jax.ShapeDtypeStruct((4, 197, 6, 64), dtype)
   keep_idx = jax.ShapeDtypeStruct((4, 89), jnp.int32)
 
   def fwd_and_bwd(q, k, v, keep_idx):
     return jax.grad(_loss(lambda *a: ga.gather_attention(*a, keep_idx), True), (0, 1, 2))(q, k, v)
 
-  hlo = jax.jit(fwd_and_bwd).trace(x, x, x, keep_idx).lower(lowering_platforms=("cuda",))
-  assert hlo.as_text().count("__gpu$xla.gpu.triton") == 2
+  with cuda_lowering.pretend_nvidia_gpu():
+    hlo = jax.jit(fwd_and_bwd).trace(x, x, x, keep_idx).lower(lowering_platforms=("cuda",))
+  text = hlo.as_text()
+  assert cuda_lowering.custom_calls(text)[cuda_lowering.TRITON] == 2
+  assert cuda_lowering.triton_kernel_names(text) == {"gather_attention_fwd", "gather_attention_bwd"}
 
 
 def test_benchmark_smoke(tmp_path):
