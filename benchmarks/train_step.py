@@ -87,7 +87,7 @@ def parse_config(name: str, attention: str = "xla") -> BenchConfig:
 
 
 def build_step(bench: BenchConfig, args, optimizer):
-  """(pmapped step, replicated state, device batch, model) for one configuration."""
+  """(pmapped step, model) for one configuration."""
   model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size,
               routing=bench.routing, attention=bench.attention, dtype=DTYPES[args.dtype])
   if bench.toe_stage:
@@ -101,14 +101,20 @@ def build_step(bench: BenchConfig, args, optimizer):
       ),
       axis_name=parallel.AXIS, donate_argnums=(0,),
   )
-  state = parallel.replicate(training_step.init_state(model.clone(routing=RoutingConfig(), toe=None),
-                                                      optimizer, seed=0))
+  return step, model
+
+
+def initial_state_and_batch(args, optimizer):
+  """(host initial state, device batch), shared by every configuration: the parameters do
+  not depend on routing, ToE or attention, and the batch is not donated."""
+  model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size)
+  state = jax.device_get(training_step.init_state(model, optimizer, seed=0))
   rng = np.random.default_rng(0)
   batch = parallel.device_put_sharded(parallel.shard({
       "image": rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(np.float32),
       "label": rng.integers(0, args.num_classes, size=args.batch_size).astype(np.int32),
   }))
-  return step, state, batch, model
+  return state, batch
 
 
 # Op names in a CPU or GPU trace, by kind (a trailing ".N" numbers an op's instances).
@@ -171,24 +177,25 @@ def run(args) -> dict:
   matmul_sizes = [int(size) for size in args.matmul_sizes.split(",")]
   peaks = {size: timing.peak_matmul_flops(DTYPES[args.dtype], size) for size in matmul_sizes}
   peak = max(peaks.values())
-  states, batches, models, lowered = {}, {}, {}, {}
+  initial_state, batch = initial_state_and_batch(args, optimizer)
+  states, models, lowered = {}, {}, {}
   for bench in configs:  # tracing holds Python's lock: one after another
-    step, state, batch, model = build_step(bench, args, optimizer)
-    lowered[key(bench)] = step.lower(state, batch)
-    states[key(bench)], batches[key(bench)], models[key(bench)] = state, batch, model
+    step, models[key(bench)] = build_step(bench, args, optimizer)
+    states[key(bench)] = parallel.replicate(initial_state)  # each step donates its own
+    lowered[key(bench)] = step.lower(states[key(bench)], batch)
   with concurrent.futures.ThreadPoolExecutor(args.compile_threads or None) as pool:
     steps = dict(zip(lowered, pool.map(lambda program: program.compile(), lowered.values())))
   memory = {k: step_memory(compiled) for k, compiled in steps.items()}
   for k, step in steps.items():  # warm up everything before any timing
     for _ in range(args.warmup):
-      states[k], metrics = step(states[k], batches[k])
+      states[k], metrics = step(states[k], batch)
     jax.block_until_ready(metrics)
 
   times = {key(bench): [] for bench in configs}
   per_round = max(1, -(-args.steps // args.rounds))
   for _ in range(args.rounds):
     for k in times:
-      step, batch = steps[k], batches[k]
+      step = steps[k]
       for _ in range(per_round):
         start = time.perf_counter()
         states[k], metrics = step(states[k], batch)
@@ -202,7 +209,7 @@ def run(args) -> dict:
       trace_dir = Path(args.profile_dir) / "_".join(k if len(attentions) > 1 else k[1:])
       with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
         for _ in range(args.profile_steps):
-          states[k], metrics = steps[k](states[k], batches[k])
+          states[k], metrics = steps[k](states[k], batch)
         jax.block_until_ready(metrics)
       profiles[k] = profile_summary(trace_dir, args.profile_steps)
 

@@ -8,11 +8,12 @@
 - "cudnn": the same function forced onto cuDNN's fused flash attention, for NVIDIA GPUs with
   bfloat16/float16 inputs and a head dimension that is a multiple of 8 up to 128. JAX (0.10 at
   least) checks cuDNN's training path as if a bias were always present and so rejects every
-  odd token count, and a ViT has 1 + P tokens (197 at 224 px; 91 after the 6-55-11 drop). The
-  tokens are therefore padded to an even count, the padding keys masked through cuDNN's own
-  key-length mask and the padding rows dropped from the output: outputs and gradients are
-  those of the unpadded attention (tests/test_attention.py checks it through XLA). Where
-  cuDNN cannot run, the same padded call runs on XLA instead, saying so once in the log.
+  odd token count, and a ViT has 1 + P tokens (197 at 224 px; 99 in ToE's first DeiT-S
+  stage). The tokens are therefore padded to an even count, the padding keys masked through
+  cuDNN's own key-length mask and the padding rows dropped from the output: outputs and
+  gradients are those of the unpadded attention (tests/test_attention.py checks it through
+  XLA). Where cuDNN cannot run, the same padded call runs on XLA instead, saying so once in
+  the log.
 - "pallas": the fused Pallas kernel of `kernels/gather_attention.py`, which emits the [CLS]
   row itself. It lowers on NVIDIA GPUs only; elsewhere (CPU, TPU, a PJRT plugin) it falls
   back to the kernel's plain-jnp reference, saying so once in the log.
@@ -147,12 +148,10 @@ def _cudnn_unsupported(backend: str | None, dtype, head_dim: int | None) -> str 
 
 def _cudnn_attention(q, k, v) -> jax.Array:
   reason = _cudnn_unsupported(None, q.dtype, q.shape[-1])
-  if reason is None:
-    return padded_dot_product_attention(q, k, v, multiple=CUDNN_TOKEN_MULTIPLE,
-                                        implementation="cudnn")
-  _log_fallback_once("cudnn", reason, "the same padded attention on XLA")
+  if reason is not None:
+    _log_fallback_once("cudnn", reason, "the same padded attention on XLA")
   return padded_dot_product_attention(q, k, v, multiple=CUDNN_TOKEN_MULTIPLE,
-                                      implementation="xla")
+                                      implementation="cudnn" if reason is None else "xla")
 
 
 def padded_dot_product_attention(

@@ -88,10 +88,14 @@ def _phase_model(config, phase_name: str):
   return model, model.clone(routing=phase.routing, toe=phase.toe)
 
 
-def _abstract_state(config, model) -> training_step.TrainState:
-  """The shapes of the trainer's initial state: parameters and optimizer state."""
+def _optimizer(config):
+  """The trainer's (optimizer, learning-rate schedule) for `config`."""
   total_steps = train.total_train_steps(config, STEPS_PER_EPOCH)
-  optimizer, _ = train.make_optimizer(config, STEPS_PER_EPOCH, total_steps)
+  return train.make_optimizer(config, STEPS_PER_EPOCH, total_steps)
+
+
+def _abstract_state(config, model, optimizer) -> training_step.TrainState:
+  """The shapes of the trainer's initial state: parameters and optimizer state."""
   dense = model.clone(routing=RoutingConfig(), toe=None)
   return jax.eval_shape(lambda: training_step.init_state(dense, optimizer, config.seed))
 
@@ -108,11 +112,10 @@ def _batch(model, **extra_fields) -> dict:
 def _lower_train_step(config, phase_name: str) -> tuple[str, ViT]:
   """Lowered text of the trainer's own step for the phase, and the phase's model."""
   model, phase_model = _phase_model(config, phase_name)
-  total_steps = train.total_train_steps(config, STEPS_PER_EPOCH)
-  optimizer, learning_rate = train.make_optimizer(config, STEPS_PER_EPOCH, total_steps)
+  optimizer, learning_rate = _optimizer(config)
   step = train.per_device_train_step(config, phase_model, optimizer, learning_rate)
-  return (cuda_lowering.lower_for_cuda(step, _abstract_state(config, model), _batch(model)),
-          phase_model)
+  state = _abstract_state(config, model, optimizer)
+  return cuda_lowering.lower_for_cuda(step, state, _batch(model)), phase_model
 
 
 def _attention_token_counts(model) -> list[int]:
@@ -189,7 +192,7 @@ def _lower_eval_step(config, phase: str, *, with_recall: bool) -> tuple[str, ViT
   def step(params, batch):
     return evaluate.eval_step(params, batch, model=phase_model, with_recall=with_recall)
 
-  params = _abstract_state(config, model).params
+  params = _abstract_state(config, model, _optimizer(config)[0]).params
   return cuda_lowering.lower_for_cuda(step, params, _batch(model, **fields)), phase_model
 
 
