@@ -2,20 +2,27 @@
 
   python benchmarks/input_pipeline.py                                  # synthetic, 32 px
   python benchmarks/input_pipeline.py --dataset=synthetic --image_size=224
+  python benchmarks/input_pipeline.py --dataset=jpeg --image_size=224 --augment=deit
   python benchmarks/input_pipeline.py --dataset=imagenet2012 --data_dir=$TFDS_DATA_DIR \
-      --image_size=224 --batch_size=256 --threads=8,16,32
+      --image_size=224 --batch_size=256 --threads=8,16,32 --augment=deit
 
 Times the trainer's own pipeline (skipvit_jax/data/pipeline.py: TFDS data source, grain,
 per-example decoding and augmentation on the host) for training and evaluation batches, for
 each loader thread count, and prints a table (stderr) and one JSON object (stdout). Compare
 images/s with the train-step benchmark's images/s per host (benchmarks/train_step.py): when
 the pipeline is slower, the devices wait for data.
+
+`--augment=deit` adds DeiT's RandAugment (rand-m9-mstd0.5-inc1) and random erasing (0.25) to
+the training crop and flip. `--dataset=jpeg` stands in for ImageNet where it is not prepared:
+ImageNet-sized (500 x 375) JPEG photos held in memory and decoded on every read, as the
+ImageNet data source does, then cropped and augmented by the ImageNet path.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import os
 import sys
 import time
@@ -25,9 +32,49 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ml_collections
+import numpy as np
+from PIL import Image
 
 from benchmarks import timing
 from skipvit_jax.data import pipeline
+
+
+AUGMENTATIONS = {
+    "none": pipeline.Augmentation(),
+    "deit": pipeline.Augmentation(rand_augment="rand-m9-mstd0.5-inc1", random_erase=0.25),
+}
+JPEG_SIZE = (500, 375)  # (width, height), ImageNet's most common image size
+
+
+class JpegSource:
+  """ImageNet-like examples: smooth random photos stored as JPEG bytes, decoded per read."""
+
+  def __init__(self, num_examples: int, num_classes: int = 1000):
+    rng = np.random.default_rng(0)
+    self._labels = rng.integers(0, num_classes, num_examples)
+    self._jpegs = []
+    for _ in range(num_examples):
+      coarse = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)  # upsampled: photo-like
+      image = Image.fromarray(coarse).resize(JPEG_SIZE, Image.BICUBIC)
+      buffer = io.BytesIO()
+      image.save(buffer, format="JPEG", quality=90)
+      self._jpegs.append(buffer.getvalue())
+
+  def __len__(self) -> int:
+    return len(self._jpegs)
+
+  def __getitem__(self, index: int) -> dict:
+    image = np.asarray(Image.open(io.BytesIO(self._jpegs[index])).convert("RGB"))
+    return {"image": image, "label": self._labels[index]}
+
+
+def load_sources(args) -> pipeline.Sources:
+  if args.dataset != "jpeg":
+    return pipeline.load_sources(data_config(args))
+  train = JpegSource(args.synthetic_examples)
+  evaluation = JpegSource(min(args.synthetic_examples, 1000))
+  return pipeline.Sources(train, evaluation, pipeline.DatasetInfo(
+      "jpeg", 1000, len(train), len(evaluation), has_object_masks=False))
 
 
 def data_config(args) -> ml_collections.ConfigDict:
@@ -47,13 +94,14 @@ def images_per_sec(batches, num_batches: int, batch_size: int) -> float:
 
 
 def run(args) -> dict:
-  sources = pipeline.load_sources(data_config(args))
+  sources = load_sources(args)
   info = sources.info
   results = []
   for threads in (int(t) for t in args.threads.split(",")):
     train = pipeline.train_batches(
         sources.train, info, global_batch=args.batch_size, image_size=args.image_size, seed=0,
-        start_step=0, total_steps=args.batches + 1, num_threads=threads)
+        start_step=0, total_steps=args.batches + 1, num_threads=threads,
+        augmentation=AUGMENTATIONS[args.augment], repeats=args.repeats)
     evaluation = pipeline.eval_batches(
         sources.eval, info, global_batch=args.batch_size, image_size=args.image_size,
         num_threads=threads)
@@ -68,13 +116,15 @@ def run(args) -> dict:
       "benchmark": "input_pipeline",
       "date": datetime.date.today().isoformat(),
       "dataset": info.name, "image_size": args.image_size, "batch_size": args.batch_size,
+      "augment": args.augment, "repeats": args.repeats,
       "host_cpus": os.cpu_count(), "results": results,
   }
 
 
 def table(report: dict) -> str:
   lines = [f"input pipeline, {report['dataset']} {report['image_size']}px, batch "
-           f"{report['batch_size']}, {report['host_cpus']} host CPUs",
+           f"{report['batch_size']}, augment {report['augment']}, repeats "
+           f"{report['repeats']}, {report['host_cpus']} host CPUs",
            f"{'threads':>8}{'train img/s':>14}{'eval img/s':>14}"]
   for r in report["results"]:
     evaluation = r["eval_images_per_sec"]
@@ -85,12 +135,17 @@ def table(report: dict) -> str:
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--dataset", default="synthetic", help="'synthetic' or a TFDS name")
+  parser.add_argument("--dataset", default="synthetic",
+                      help="'synthetic', 'jpeg' (in-memory ImageNet-like JPEGs) or a TFDS name")
   parser.add_argument("--data_dir", default="")
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--train_split", default="train")
   parser.add_argument("--eval_split", default="test")
-  parser.add_argument("--synthetic_examples", type=int, default=20_000)
+  parser.add_argument("--synthetic_examples", type=int, default=20_000,
+                      help="training examples of 'synthetic' and 'jpeg'")
+  parser.add_argument("--augment", default="none", choices=sorted(AUGMENTATIONS),
+                      help="training augmentation after crop and flip")
+  parser.add_argument("--repeats", type=int, default=1, help="repeated augmentation copies")
   parser.add_argument("--batch_size", type=int, default=128, help="per host")
   parser.add_argument("--batches", type=int, default=20, help="timed batches")
   parser.add_argument("--threads", default="1,2,8")

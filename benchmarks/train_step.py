@@ -89,7 +89,8 @@ def parse_config(name: str, attention: str = "xla") -> BenchConfig:
 def build_step(bench: BenchConfig, args, optimizer):
   """(pmapped step, model) for one configuration."""
   model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size,
-              routing=bench.routing, attention=bench.attention, dtype=DTYPES[args.dtype])
+              routing=bench.routing, attention=bench.attention, dtype=DTYPES[args.dtype],
+              remat=args.remat)
   if bench.toe_stage:
     plan = toe.make_plan(model.num_patches, epoch=bench.toe_stage - 1, **TOE_DEIT_S)
     model = model.clone(toe=plan if plan.active else None)
@@ -254,7 +255,7 @@ def run(args) -> dict:
       "device_kind": devices[0].device_kind,
       "local_devices": len(devices),
       "variant": args.variant, "image_size": args.image_size, "batch_size": args.batch_size,
-      "dtype": args.dtype, "attention": args.attention,
+      "dtype": args.dtype, "attention": args.attention, "remat": args.remat,
       "peak_matmul_tflops_per_device": peak / 1e12,
       "matmul_tflops_by_size": {str(size): value / 1e12 for size, value in peaks.items()},
       "process_peak_memory_mib": peak_in_use / 2**20 if peak_in_use else None,
@@ -295,6 +296,8 @@ def parse_args(argv=None):
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=256, help="global, over local devices")
   parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+  parser.add_argument("--remat", action="store_true",
+                      help="recompute each block's activations in the backward pass")
   parser.add_argument("--attention", default="xla",
                       help="attention implementation(s), comma-separated (see "
                            "skipvit_jax/attention.py)")

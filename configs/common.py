@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.stochastic_depth = 0.0  # drop-path rate of the last block (0 at the first)
   config.model.attention = "auto"  # attention implementation (skipvit_jax/attention.py)
   config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
+  config.model.remat = False  # recompute each block's activations in the backward pass
 
   # SkipViT routing (skipvit_jax/routing.py); 1-based layers as in the paper. No drop layers
   # = a dense ViT.
@@ -62,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"  # TFDS split names
   config.data.eval_split = "validation"  # (the synthetic dataset's are "train" and "test")
   config.data.num_threads = 8  # loader threads per host
+  # Host-side training augmentation after crop and flip (skipvit_jax/data/pipeline.py).
+  config.data.rand_augment = ""  # timm RandAugment spec ("rand-m9-mstd0.5-inc1"); "" = off
+  config.data.random_erase = 0.0  # probability of erasing one rectangle with noise (timm)
+  config.data.repeated_augmentations = 1  # copies of each image per global batch (DeiT: 3)
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_train = 20_000  # synthetic examples generated for training ...
   config.data.synthetic.num_test = 2_000  # ... and for its test split
@@ -87,6 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.mixup_alpha = 0.8  # Beta(alpha, alpha) mixup; 0 = off
   config.cutmix_alpha = 1.0  # cutmix; 0 = off
   config.mix_switch_prob = 0.5  # chance of cutmix when both are on
+  config.ema_decay = 0.0  # > 0: keep an EMA of the parameters, evaluated as eval_ema/*
+  config.grad_accum_steps = 1  # micro-batches per update (batch_size is the whole update)
 
   config.log_every_steps = 100  # progress line and train metrics cadence
   config.eval_every_epochs = 1.0  # evaluation cadence (and always at the end)

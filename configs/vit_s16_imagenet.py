@@ -5,7 +5,10 @@
 
 100 epochs from scratch, global batch 288 (the paper: 8 Ascend 910A x 36), AdamW lr 1e-3,
 warm-up from lr 1e-6, mixup 0.1. The paper reports 70.17% top-1 and 4,503 img/s on its 8
-devices. Needs `imagenet2012` prepared in array_record format (docs/datasets.md).
+devices. Where the paper states no value, DeiT's is used, except for the augmentations the
+paper does not name (RandAugment, random erasing, repeated augmentation, EMA: off);
+docs/recipes.md lists every field with its source. Needs `imagenet2012` prepared in
+array_record format (docs/datasets.md).
 """
 
 import ml_collections
@@ -18,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base_config()
   config.model.variant = "S/16"
   config.model.dtype = "bfloat16"  # float32 parameters, bfloat16 compute
-  config.model.stochastic_depth = 0.1  # DeiT-S's drop-path rate
+  config.model.stochastic_depth = 0.1  # not stated by the paper; DeiT-S's
 
   config.data.name = "imagenet2012"
   config.data.image_size = 224
@@ -30,10 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.lr = 1e-3
   config.optimizer.warmup_lr = 1e-6
   config.optimizer.warmup_epochs = 5.0  # not given by the paper; DeiT's value
-  config.optimizer.min_lr = 1e-5
+  config.optimizer.min_lr = 1e-5  # not stated by the paper; DeiT's
   # The paper prints 0.5, which would wipe out a ViT's weights; 0.05 (DeiT's) is meant.
   config.optimizer.weight_decay = 0.05
-  config.label_smoothing = 0.1
+  config.label_smoothing = 0.1  # not stated by the paper; DeiT's
   config.mixup_alpha = 0.1  # "mixup 0.1"; the paper names no cutmix
   config.cutmix_alpha = 0.0
 

@@ -31,6 +31,19 @@ def patch_overlap(mask: jax.Array, patch_size: int) -> jax.Array:
   return jnp.any(patches > 0, axis=(2, 4)).reshape(batch, side * side)
 
 
+def in_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """logits: (B, K), labels: (B,) -> (B,) bool: the label's logit is strictly among the k
+  highest.
+
+  A tie counts against the example (fewer than k other classes may score >= the label), so
+  all-equal logits, a zero-initialised head's, are never right; an example with any NaN
+  logit is never right either (a comparison with NaN would otherwise count nothing above it).
+  """
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)  # (B, 1)
+  others_at_least = jnp.sum(logits >= label_logit, axis=1) - 1  # the label itself is >=
+  return (others_at_least < k) & ~jnp.any(jnp.isnan(logits), axis=1)
+
+
 def eval_step(params, batch: dict, *, model: nn.Module, with_recall: bool) -> dict:
   """Summed metrics of one device's batch, psum'ed over the `batch` axis.
 
@@ -39,14 +52,11 @@ def eval_step(params, batch: dict, *, model: nn.Module, with_recall: bool) -> di
   logits, aux = model.apply({"params": params}, batch["image"], train=False)
   labels, valid = batch["label"], batch["valid"]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  # An example is in the top k when fewer than k classes score strictly higher.
-  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)
-  rank = jnp.sum(logits > label_logit, axis=1)
   sums = {
       "count": jnp.sum(valid),
       "loss": jnp.sum(loss * valid),
-      "top1": jnp.sum((rank < 1) * valid),
-      "top5": jnp.sum((rank < 5) * valid),
+      "top1": jnp.sum(in_top_k(logits, labels, 1) * valid),
+      "top5": jnp.sum(in_top_k(logits, labels, 5) * valid),
   }
   if with_recall:
     on_object = patch_overlap(batch["mask"], model.dims.patch_size)  # (b, P)

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from skipvit_jax import checkpointing, optim, train, training_step
+from skipvit_jax import checkpointing, optim, train
 from skipvit_jax import toe as toe_lib
 from skipvit_jax.data import pipeline, transforms
 from skipvit_jax.models.vit import ViT
@@ -31,6 +31,7 @@ class Run:
   model: ViT  # the configured model with its routing and without ToE (what eval/top1 ran)
   params: Any  # numpy parameters of the latest checkpoint
   step: int  # the step of that checkpoint
+  ema_params: Any = None  # the parameters' moving average (config.ema_decay > 0), numpy
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -55,14 +56,13 @@ def load_run(workdir: str, *, num_classes: int | None = None) -> Run:
   model = train.build_model(config, num_classes)
   # The optimizer only shapes the restore template; its schedule's values do not matter.
   optimizer = optim.make_optimizer(config.optimizer, optax.constant_schedule(config.optimizer.lr))
-  template = jax.device_get(training_step.init_state(
-      model.clone(routing=RoutingConfig()), optimizer, config.seed))
+  template = jax.device_get(train.initial_state(config, model, optimizer))
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   state = checkpoints.restore_latest(template)
   checkpoints.close()
   if state is None:
     raise FileNotFoundError(f"{workdir}: no checkpoint in {workdir}/checkpoints")
-  return Run(config, model, state.params, int(state.step))
+  return Run(config, model, state.params, int(state.step), state.ema_params)
 
 
 def eval_examples(config: ml_collections.ConfigDict, count: int) -> dict[str, np.ndarray]:

@@ -5,10 +5,6 @@ from __future__ import annotations
 import jax
 import optax
 
-# Parameters that take no weight decay besides biases and norms (DeiT / timm's no_weight_decay).
-_NO_DECAY_NAMES = ("pos_embedding", "cls")
-
-
 def learning_rate_schedule(
     *, base_lr: float, warmup_lr: float, warmup_steps: int, total_steps: int, min_lr: float
 ) -> optax.Schedule:
@@ -23,13 +19,12 @@ def learning_rate_schedule(
 
 
 def weight_decay_mask(params) -> object:
-  """True for matrices and convolution kernels; False for biases, norms, cls and pos_embedding."""
-
-  def decays(path, leaf) -> bool:
-    names = [getattr(k, "key", str(k)) for k in path]
-    return leaf.ndim > 1 and not any(n in _NO_DECAY_NAMES for n in names)
-
-  return jax.tree_util.tree_map_with_path(decays, params)
+  """True exactly for the leaves named `kernel`: dense, attention-projection and patch-embedding
+  weights (and the head's). Biases, LayerNorm scales and biases, `cls` and `pos_embedding`
+  take no decay: DeiT/timm's rule, written as big_vision writes it, by name, because the
+  query/key/value biases are (heads, head_dim) and a rule by rank would decay them."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
 def make_optimizer(optimizer_config, schedule: optax.Schedule) -> optax.GradientTransformation:

@@ -25,7 +25,7 @@ from absl import logging
 
 from skipvit_jax import (checkpointing, distributed, evaluate, flops, optim, parallel, schedule,
                          training_step)
-from skipvit_jax.data import pipeline
+from skipvit_jax.data import pipeline, randaugment
 from skipvit_jax.metric_writer import MetricWriter
 from skipvit_jax.models.vit import ViT
 from skipvit_jax.routing import RoutingConfig
@@ -55,6 +55,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
       routing=routing if routing is not None else routing_config(config),
       attention=config.model.attention,
       dtype=DTYPES[config.model.dtype],
+      remat=config.model.remat,
   )
 
 
@@ -92,6 +93,32 @@ def check_batch_sizes(config: ml_collections.ConfigDict) -> None:
           f"config.{field}: must be a positive multiple of the {devices} devices "
           f"({jax.process_count()} processes x {jax.local_device_count()} local), got {size}"
       )
+  accum = config.grad_accum_steps
+  if accum < 1 or config.batch_size % (devices * accum):
+    raise ValueError(
+        f"config.grad_accum_steps: must be >= 1 and divide the per-device batch "
+        f"{config.batch_size} / {devices} into equal micro-batches, got {accum}"
+    )
+  repeats = config.data.repeated_augmentations
+  if repeats < 1 or config.batch_size % repeats:
+    raise ValueError(
+        f"config.data.repeated_augmentations: must be >= 1 and divide config.batch_size "
+        f"{config.batch_size}, got {repeats}"
+    )
+
+
+def check_recipe(config: ml_collections.ConfigDict) -> None:
+  """The regularisation fields: values in range, augmentation specs that parse."""
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ValueError(f"config.ema_decay: must be in [0, 1) (0 = no EMA), got {config.ema_decay}")
+  if not 0.0 <= config.data.random_erase <= 1.0:
+    raise ValueError(f"config.data.random_erase: a probability in [0, 1], got "
+                     f"{config.data.random_erase}")
+  if config.data.rand_augment:
+    try:
+      randaugment.parse_rand_augment(config.data.rand_augment)
+    except ValueError as e:
+      raise ValueError(f"config.data.rand_augment: {e}") from None
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -134,7 +161,17 @@ def per_device_train_step(config: ml_collections.ConfigDict, model: ViT,
   return functools.partial(
       training_step.train_step, model=model, optimizer=optimizer, learning_rate=learning_rate,
       regularization=regularization, seed=config.seed,
+      grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
   )
+
+
+def initial_state(config: ml_collections.ConfigDict, model: ViT,
+                  optimizer: optax.GradientTransformation) -> training_step.TrainState:
+  """The run's fresh state: parameters from key(config.seed) (they do not depend on routing or
+  ToE), the optimizer's state, and the EMA when config.ema_decay > 0. Also the template a
+  checkpoint of the run restores into."""
+  return training_step.init_state(model.clone(routing=RoutingConfig(), toe=None), optimizer,
+                                  config.seed, ema=config.ema_decay > 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,6 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   distributed.maybe_initialize()
   # ---- everything that can reject the config, before compiling anything
   check_batch_sizes(config)
+  check_recipe(config)
   sources = pipeline.load_sources(config.data)
   info = sources.info
   model = build_model(config, info.num_classes)
@@ -215,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   logging.info("routing %s; whole-run FLOP-ideal speedup %.3fx", model.routing, run_speedup)
 
   # ---- state: fresh or restored
-  state = training_step.init_state(dense_model, optimizer, config.seed)
+  state = initial_state(config, model, optimizer)
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   restored = checkpoints.restore_latest(jax.device_get(state))
   if restored is not None:
@@ -258,24 +296,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   def run_eval(step: int) -> dict[str, float]:
     """Evaluates with the training routing (ToE: all tokens unless config.toe.sparse_eval)
-    and, when that is not already the dense model, with all tokens."""
+    and, when that is not already the dense model, with all tokens; the EMA parameters, when
+    kept, with the training routing as `eval_ema/*`."""
     toe = schedule.phase_at(phases, step - 1).toe if config.toe.sparse_eval else None
     eval_model = model.clone(toe=toe)
     keep_ratios = tuple(s.num_keep / model.num_patches for s in eval_model.routing_plan.stages)
-    variants = [("", eval_model, info.has_object_masks and eval_model.routing.routes)]
+    with_recall = info.has_object_masks and eval_model.routing.routes
+    # (metric name prefix, suffix, model, parameters, kept-object recall)
+    variants = [("eval/", "", eval_model, state.params, with_recall)]
     if eval_model.routing.routes or toe is not None:
-      variants.append(("_all_tokens", dense_model, False))
+      variants.append(("eval/", "_all_tokens", dense_model, state.params, False))
+    if state.ema_params is not None:
+      variants.append(("eval_ema/", "", eval_model, state.ema_params, with_recall))
     results = {}
-    for suffix, variant_model, with_recall in variants:
+    for prefix, suffix, variant_model, params, with_recall in variants:
       batches = pipeline.eval_batches(
           sources.eval, info, global_batch=config.eval_batch_size,
           image_size=model.image_size, process_index=jax.process_index(),
           process_count=jax.process_count(), num_threads=config.data.num_threads,
       )
-      sums = evaluate.accumulate(eval_fn_for(variant_model, with_recall), state.params,
+      sums = evaluate.accumulate(eval_fn_for(variant_model, with_recall), params,
                                  map(parallel.shard, batches))
-      summary = evaluate.summarize(sums, keep_ratios=keep_ratios if not suffix else ())
-      results.update({f"eval/{k}{suffix}": v for k, v in summary.items()})
+      summary = evaluate.summarize(sums, keep_ratios=keep_ratios if with_recall else ())
+      results.update({f"{prefix}{k}{suffix}": v for k, v in summary.items()})
     writer.write(step, results)
     logging.info("eval at step %d: %s", step, json.dumps({k: round(v, 4) for k, v in results.items()}))
     return results
@@ -288,7 +331,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       sources.train, info, global_batch=config.batch_size, image_size=model.image_size,
       seed=config.seed, start_step=start_step, total_steps=total_steps,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_threads=config.data.num_threads,
+      num_threads=config.data.num_threads, augmentation=pipeline.Augmentation(
+          config.data.rand_augment, config.data.random_erase),
+      repeats=config.data.repeated_augmentations,
   )
   images_per_step = config.batch_size
   # Loss is averaged over every step between log lines; throughput only over steady steps

@@ -25,6 +25,7 @@ class TrainState:
   step: jax.Array  # int32 scalar
   params: Any
   opt_state: Any
+  ema_params: Any = None  # the exponential moving average of params, when kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +39,17 @@ class Regularization:
 def train_step(
     state: TrainState, batch: dict, *, model: ViT, optimizer: optax.GradientTransformation,
     learning_rate: optax.Schedule, regularization: Regularization, seed: int,
+    grad_accum_steps: int = 1, ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict]:
   """One optimisation step on this device's shard of the global batch (run under pmap).
 
   batch: image (b, S, S, 3) float32, label (b,) int32.
   The step's randomness is fold_in(key(seed), step), then the device index.
+  grad_accum_steps: the shard is split into this many micro-batches, run one after another
+    with their gradients averaged, so that only one micro-batch's activations are alive: the
+    same update as the whole shard at once (mixup and cutmix pair examples across the whole
+    shard, before the split; only dropout differs, drawn per micro-batch).
+  ema_decay: when > 0, state.ema_params becomes decay * ema + (1 - decay) * new params.
   """
   rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
                            jax.lax.axis_index(AXIS))
@@ -53,14 +60,31 @@ def train_step(
       cutmix_alpha=regularization.cutmix_alpha, switch_prob=regularization.mix_switch_prob,
   )
 
-  def loss_fn(params):
-    logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng_dropout})
-    return optax.softmax_cross_entropy(logits, targets).mean()
+  def loss_and_grads(images, targets, rng_dropout):
+    def loss_fn(params):
+      logits, _ = model.apply({"params": params}, images, train=True,
+                              rngs={"dropout": rng_dropout})
+      return optax.softmax_cross_entropy(logits, targets).mean()
+    return jax.value_and_grad(loss_fn)(state.params)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  if grad_accum_steps == 1:
+    loss, grads = loss_and_grads(images, targets, rng_dropout)
+  else:
+    def accumulate(total, micro_batch):
+      return jax.tree.map(jnp.add, total, loss_and_grads(*micro_batch)), None
+
+    split = lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:])  # (k, b / k, ...)
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+    micro_rngs = jax.random.split(rng_dropout, grad_accum_steps)
+    total, _ = jax.lax.scan(accumulate, zeros, (split(images), split(targets), micro_rngs))
+    loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
   loss, grads = jax.lax.pmean((loss, grads), AXIS)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_decay > 0:
+    ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
+  new_state = TrainState(state.step + 1, params, opt_state, ema_params)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   # A blown-up step is not applied: the host stops on `finite` with the last good state.
@@ -73,8 +97,11 @@ def train_step(
   return new_state, metrics
 
 
-def init_state(model: ViT, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
-  """Fresh parameters (initialised from key(seed)) and optimizer state, on the host's device."""
+def init_state(model: ViT, optimizer: optax.GradientTransformation, seed: int, *,
+               ema: bool = False) -> TrainState:
+  """Fresh parameters (initialised from key(seed)) and optimizer state, on the host's device;
+  with `ema`, an average that starts at the initial parameters."""
   dummy = jnp.zeros((1, model.image_size, model.image_size, 3), jnp.float32)
   params = jax.jit(lambda rng: model.init(rng, dummy, train=False)["params"])(jax.random.key(seed))
-  return TrainState(jnp.int32(0), params, optimizer.init(params))
+  ema_params = jax.tree.map(jnp.copy, params) if ema else None
+  return TrainState(jnp.int32(0), params, optimizer.init(params), ema_params)

@@ -63,6 +63,16 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
     assert r["train_images_per_sec"] > 0 and r["eval_images_per_sec"] > 0
 
 
+def test_input_pipeline_benchmark_jpeg_with_deit_augmentation():
+  report = input_pipeline.main([
+      "--dataset=jpeg", "--image_size=64", "--synthetic_examples=48", "--batch_size=6",
+      "--batches=2", "--threads=1", "--augment=deit", "--repeats=3",
+  ])
+  assert (report["dataset"], report["augment"], report["repeats"]) == ("jpeg", "deit", 3)
+  [result] = report["results"]
+  assert result["train_images_per_sec"] > 0 and result["eval_images_per_sec"] > 0
+
+
 def test_model_and_benchmarks_import_without_the_data_stack():
   # The GPU machine has JAX, Flax, optax, chex and absl only.
   code = ("import sys\n"

@@ -29,7 +29,7 @@ import pytest
 
 from configs import default, skipvit_s16_imagenet, toe_deit_s_imagenet, vit_s16_imagenet
 from configs.sweeps import paper_row
-from skipvit_jax import RoutingConfig, ViT, attention, evaluate, train, training_step
+from skipvit_jax import ViT, attention, evaluate, train, training_step
 from tests import cuda_lowering
 from tests.cuda_lowering import CUDNN_BACKWARD, CUDNN_FORWARD
 
@@ -95,9 +95,8 @@ def _optimizer(config):
 
 
 def _abstract_state(config, model, optimizer) -> training_step.TrainState:
-  """The shapes of the trainer's initial state: parameters and optimizer state."""
-  dense = model.clone(routing=RoutingConfig(), toe=None)
-  return jax.eval_shape(lambda: training_step.init_state(dense, optimizer, config.seed))
+  """The shapes of the trainer's initial state: parameters, optimizer state and any EMA."""
+  return jax.eval_shape(lambda: train.initial_state(config, model, optimizer))
 
 
 def _batch(model, **extra_fields) -> dict:

@@ -104,6 +104,34 @@ def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
+  """Mixup, cutmix, label smoothing, RandAugment, random erasing, repeated augmentation,
+  the EMA and gradient accumulation in one run; stopped and resumed, it ends where an
+  uninterrupted run does, EMA included (the EMA is in the checkpoint)."""
+  recipe = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "label_smoothing": 0.1,
+            "data.rand_augment": "rand-m9-mstd0.5-inc1", "data.random_erase": 0.25,
+            "data.repeated_augmentations": 3, "ema_decay": 0.9, "grad_accum_steps": 2,
+            "batch_size": 24, "num_epochs": 1.2, "eval_every_epochs": 1.0,
+            "drop_warmup_epochs": 0.0}  # 5 steps per epoch of 24 = 8 images x 3; 6 steps
+  straight = train.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "a"))
+  interrupted = tiny_config(data_dir, stop_after_step=4, **recipe)
+  assert train.train_and_evaluate(interrupted, str(tmp_path / "b")).step == 4
+  resumed = train.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "b"))
+  assert straight.step == resumed.step == 6
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+  records = _records(tmp_path / "b")
+  evals = [r for r in records if "eval_ema/top1" in r]
+  assert [r["step"] for r in evals] == [5, 6]
+  for r in evals:
+    assert r["eval_ema/num_examples"] == r["eval/num_examples"] == NUM_TEST
+    assert np.isfinite(r["eval_ema/loss"]) and 0 <= r["eval_ema/kept_object_recall_0"] <= 1
+  assert straight.eval_metrics["eval_ema/loss"] == resumed.eval_metrics["eval_ema/loss"]
+  # The EMA lags the parameters: its evaluation differs from theirs.
+  assert resumed.eval_metrics["eval_ema/loss"] != resumed.eval_metrics["eval/loss"]
+  assert all(np.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
+
+
 def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, monkeypatch):
   traced_routings = []
   original = training_step.train_step

@@ -3,7 +3,8 @@
 Training order is a pure function of (seed, step): epoch e visits the examples in the
 permutation `default_rng([seed, e]).permutation(n)`, global step s takes the next
 `global_batch` of them (the last incomplete batch of an epoch is dropped, as DeiT does), and
-host h of H takes its contiguous `global_batch / H` slice. Augmentation draws from
+host h of H takes its contiguous `global_batch / H` slice. With repeated augmentation each
+step takes `global_batch / r` examples, each r times (see _TrainIndices). Augmentation draws from
 `default_rng([seed, step, slot])`, slot being the example's place in the global batch. A run
 restarted at step s therefore sees exactly the batches an uninterrupted run would have, on any
 number of loader threads or hosts.
@@ -23,7 +24,7 @@ from typing import Any, Iterator
 import grain
 import numpy as np
 
-from skipvit_jax.data import transforms
+from skipvit_jax.data import randaugment, transforms
 
 SYNTHETIC = "synthetic"
 # Where the synthetic dataset is generated when config.data.data_dir is empty.
@@ -106,27 +107,50 @@ def _load_tfds_sources(data_config) -> Sources:
 # Per-example preprocessing.
 
 
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Training augmentation after the crop and the flip, as DeiT's recipe has it; off by default.
+
+  RandAugment runs on the uint8 image, random erasing on the normalised one (timm's order).
+  """
+
+  rand_augment: str = ""  # timm RandAugment spec, e.g. "rand-m9-mstd0.5-inc1"; "" = off
+  random_erase: float = 0.0  # probability of erasing one rectangle with N(0, 1) noise
+
+  @functools.cached_property
+  def rand_augment_options(self) -> randaugment.RandAugmentOptions | None:
+    return randaugment.parse_rand_augment(self.rand_augment) if self.rand_augment else None
+
+
 def _preprocess(example: dict, rng: np.random.Generator | None, *, synthetic: bool,
-                image_size: int) -> dict:
+                image_size: int, augmentation: Augmentation = Augmentation()) -> dict:
   """One example -> {"image": (S, S, 3) float32, "label": int32[, "mask": (S, S) uint8]}.
 
   rng is None for evaluation (deterministic preprocessing)."""
   image = np.asarray(example["image"])
-  if synthetic:
-    out = {"image": transforms.normalize(
-        transforms.random_flip(rng, image) if rng is not None else image,
-        transforms.HALF, transforms.HALF)}
-    if rng is None:
+  mean, std = ((transforms.HALF, transforms.HALF) if synthetic
+               else (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD))
+  if not synthetic and (image.ndim == 2 or image.shape[-1] == 1):
+    image = np.broadcast_to(image.reshape(image.shape[:2] + (1,)), image.shape[:2] + (3,))
+  out = {"label": np.int32(example["label"])}
+  if rng is None:
+    if synthetic:
       out["mask"] = np.asarray(example["mask"], np.uint8)
-  else:
-    if image.ndim == 2 or image.shape[-1] == 1:
-      image = np.broadcast_to(image.reshape(image.shape[:2] + (1,)), image.shape[:2] + (3,))
-    if rng is not None:
-      image = transforms.random_flip(rng, transforms.random_resized_crop(rng, image, image_size))
     else:
       image = transforms.resize_center_crop(image, image_size)
-    out = {"image": transforms.normalize(image, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)}
-  out["label"] = np.int32(example["label"])
+    out["image"] = transforms.normalize(image, mean, std)
+    return out
+  # The synthetic images are already at the training size and keep their framing.
+  if not synthetic:
+    image = transforms.random_resized_crop(rng, image, image_size)
+  image = transforms.random_flip(rng, image)
+  if augmentation.rand_augment_options is not None:
+    image = randaugment.rand_augment(rng, image, augmentation.rand_augment_options,
+                                     fill=tuple(int(round(m)) for m in mean))
+  image = transforms.normalize(image, mean, std)
+  if augmentation.random_erase > 0:
+    image = transforms.random_erasing(rng, image, probability=augmentation.random_erase)
+  out["image"] = image
   return out
 
 
@@ -140,14 +164,27 @@ def steps_per_epoch(num_train: int, global_batch: int) -> int:
 
 
 class _TrainIndices:
-  """Random access over this host's stream of (step, slot, example index)."""
+  """Random access over this host's stream of (step, slot, example index).
+
+  With `repeats` r > 1 (repeated augmentation, DeiT's RASampler), a global batch holds
+  B / r distinct examples, each r times: slot s shows distinct example s mod (B / r), so the
+  copies sit B / r slots apart, on different devices as DeiT puts them on different GPUs. An
+  epoch keeps its length (n // B steps, as many images as without repeats), so it shows
+  n / r distinct examples; r consecutive epochs walk through one permutation and show every
+  example r times.
+  """
 
   def __init__(self, num_examples: int, global_batch: int, process_index: int,
-               process_count: int, seed: int, total_steps: int):
+               process_count: int, seed: int, total_steps: int, repeats: int = 1):
+    if global_batch % repeats:
+      raise ValueError(
+          f"config.data.repeated_augmentations: {repeats} must divide the global batch "
+          f"{global_batch}")
     self.host_batch = global_batch // process_count
     self.steps_per_epoch = steps_per_epoch(num_examples, global_batch)
     self._offset = process_index * self.host_batch
-    self._global_batch = global_batch
+    self._distinct_per_step = global_batch // repeats
+    self._repeats = repeats
     self._num_examples = num_examples
     self._seed = seed
     self._total_steps = total_steps
@@ -156,27 +193,32 @@ class _TrainIndices:
     return self._total_steps * self.host_batch
 
   @functools.lru_cache(maxsize=2)
-  def _permutation(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self._seed, epoch]).permutation(self._num_examples)
+  def _permutation(self, window: int) -> np.ndarray:
+    return np.random.default_rng([self._seed, window]).permutation(self._num_examples)
 
   def __getitem__(self, k: int) -> tuple[int, int, int]:
     """-> (step, slot in the global batch, example index)."""
     step, host_slot = divmod(k, self.host_batch)
     epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    window, epoch_in_window = divmod(epoch, self._repeats)
     slot = self._offset + host_slot
-    return step, slot, int(self._permutation(epoch)[step_in_epoch * self._global_batch + slot])
+    step_in_window = epoch_in_window * self.steps_per_epoch + step_in_epoch
+    position = step_in_window * self._distinct_per_step + slot % self._distinct_per_step
+    return step, slot, int(self._permutation(window)[position])
 
 
 def train_batches(
     source, info: DatasetInfo, *, global_batch: int, image_size: int, seed: int,
     start_step: int, total_steps: int, process_index: int = 0, process_count: int = 1,
-    num_threads: int = 8, prefetch: int = 2,
+    num_threads: int = 8, prefetch: int = 2, augmentation: Augmentation = Augmentation(),
+    repeats: int = 1,
 ) -> Iterator[dict]:
-  """This host's training batches for steps start_step..total_steps-1.
+  """This host's training batches for steps start_step..total_steps-1; each example `repeats`
+  times per global batch (see _TrainIndices).
 
   Yields {"image": (host_batch, S, S, 3) float32, "label": (host_batch,) int32}."""
   indices = _TrainIndices(info.num_train, global_batch, process_index, process_count, seed,
-                          total_steps)
+                          total_steps, repeats)
   if indices.steps_per_epoch < 1:
     raise ValueError(
         f"config.batch_size: {global_batch} is larger than the training split "
@@ -187,7 +229,8 @@ def train_batches(
   def load(item):
     step, slot, index = item
     rng = np.random.default_rng([seed, step, slot])
-    return _preprocess(source[index], rng, synthetic=synthetic, image_size=image_size)
+    return _preprocess(source[index], rng, synthetic=synthetic, image_size=image_size,
+                       augmentation=augmentation)
 
   dataset = (
       grain.MapDataset.source(indices)[start_step * indices.host_batch:]

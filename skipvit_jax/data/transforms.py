@@ -67,3 +67,34 @@ def resize_center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.87
   resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
   top, left = (new_h - size) // 2, (new_w - size) // 2
   return resized[top:top + size, left:left + size]
+
+
+def random_erasing(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    probability: float = 0.25,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 1 / 0.3),
+) -> np.ndarray:
+  """timm's RandomErasing(mode='pixel', max_count=1) on one normalised image (DeiT: p = 0.25).
+
+  image: (H, W, C) float32 -> a new (H, W, C) float32 array. With the given probability, up to
+  10 tries for a box of `area` times the image area and height/width in `ratio`; the first
+  that fits strictly inside the image is filled with per-pixel, per-channel N(0, 1) noise (the
+  normalised image's own scale). timm 1.0.29, timm/data/random_erasing.py.
+  """
+  out = np.array(image, copy=True)
+  if rng.random() > probability:
+    return out
+  height, width, channels = image.shape
+  for _ in range(10):
+    target_area = rng.uniform(*area) * (height * width)
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    h = int(round(math.sqrt(target_area * aspect)))
+    w = int(round(math.sqrt(target_area / aspect)))
+    if w < width and h < height:
+      top = int(rng.integers(0, height - h + 1))  # timm's random.randint: both ends included
+      left = int(rng.integers(0, width - w + 1))
+      out[top:top + h, left:left + w] = rng.standard_normal((h, w, channels), np.float32)
+      break
+  return out

@@ -131,9 +131,11 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: Array, *, train: bool, stage: routing.DropStage | None, capture_attention: bool
+      self, x: Array, train: bool, stage: routing.DropStage | None, capture_attention: bool
   ) -> tuple[Array, routing.Split | None, Array | None]:
-    """x: (B, n, C) -> (x_out: (B, n', C), split at this layer or None, probs or None)."""
+    """x: (B, n, C) -> (x_out: (B, n', C), split at this layer or None, probs or None).
+
+    The arguments after x are positional so that `nn.remat` can take them as static."""
     # Stochastic depth: one Bernoulli draw per example, shared by all of its tokens.
     drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2))
     norm_attn = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")
@@ -182,6 +184,7 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool, capture_attention: bool) -> tuple[Array, dict]:
@@ -200,6 +203,9 @@ class Encoder(nn.Module):
     waiting: list[routing.Split] = []  # splits whose dropped tokens ride the skip connection
     positions_before_split = positions
     records, attention_maps = [], []
+    # Rematerialised blocks keep only their inputs for the backward pass and recompute the
+    # rest; train, stage and capture_attention (arguments 2-4, self being 0) shape the trace.
+    block = nn.remat(EncoderBlock, static_argnums=(2, 3, 4)) if self.remat else EncoderBlock
     for index in range(self.dims.depth):
       layer = index + 1
       if layer == 2 and self.toe is not None:
@@ -215,10 +221,10 @@ class Encoder(nn.Module):
 
       rate = self.stochastic_depth * index / max(self.dims.depth - 1, 1)
       stage = plan.stage_at(layer)
-      x, split, probs = EncoderBlock(
+      x, split, probs = block(
           self.dims, config, self.attention_implementation, self.dropout_rate, rate, self.dtype,
           name=f"encoderblock_{index}",
-      )(x, train=train, stage=stage, capture_attention=capture_attention)
+      )(x, train, stage, capture_attention)
       attention_maps.append(probs)
 
       if split is not None:
@@ -264,6 +270,8 @@ class ViT(nn.Module):
     attention: attention implementation name (see skipvit_jax.attention; "auto" picks per
       backend).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32, logits float32.
+    remat: recompute each block's activations in the backward pass instead of storing them
+      (less memory for about one more forward pass of compute; the same values).
 
   aux:
     "routing": per drop layer, in layer order, a dict with
@@ -287,6 +295,7 @@ class ViT(nn.Module):
   toe: toe_lib.ToEPlan | None = None
   attention: str = "auto"
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def __post_init__(self):
     # Fail on bad configuration at construction, long before anything is traced.
@@ -350,7 +359,7 @@ class ViT(nn.Module):
 
     x, aux = Encoder(
         dims, self.routing, self.toe, self.attention, self.dropout_rate, self.stochastic_depth,
-        self.dtype, name="Transformer",
+        self.dtype, self.remat, name="Transformer",
     )(x, train=train, capture_attention=capture_attention)
     logits = nn.Dense(
         self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32, name="head"
