@@ -1,15 +1,17 @@
 """Every config loads, describes how to run it, comments its fields, and builds a valid model."""
 
+import ast
 import importlib
 import re
 from pathlib import Path
 
 import pytest
 
-from configs import skipvit_s16_imagenet, toe_deit_s_imagenet
+from configs import skipvit_s16_imagenet, toe_deit_s_imagenet, vit_s16_imagenet
 from skipvit_jax import RoutingConfig, flops, schedule, train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 RUNNABLE = [
     ("default", None), ("default", "baseline"), ("default", "toe"), ("default", "toe,baseline"),
     ("vit_s16_imagenet", None), ("toe_deit_s_imagenet", None),
@@ -74,3 +76,57 @@ def test_every_base_field_is_commented():
     if match and "ConfigDict()" not in match.group(1) and "#" not in line:
       uncommented.append(line.strip())
   assert uncommented == []
+
+
+# docs/recipes.md: one table per ImageNet config; "ours" must be what the config sets.
+RECIPE_SECTIONS = {
+    "configs/toe_deit_s_imagenet.py": toe_deit_s_imagenet.get_config(),
+    "configs/vit_s16_imagenet.py": vit_s16_imagenet.get_config(),
+    "configs/skipvit_s16_imagenet.py": skipvit_s16_imagenet.get_config(),
+}
+
+
+def _recipe_rows(section: str) -> list[tuple[str, str]]:
+  """(field, ours) of every table row of docs/recipes.md's section on `section` whose field
+  cell is one config path, e.g. ("optimizer.lr", "1e-3")."""
+  text = (REPO / "docs" / "recipes.md").read_text()
+  body = text.split(f"## `{section}`")[1].split("\n## ")[0]
+  rows = []
+  for line in body.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 4 and re.fullmatch(r"`[\w.]+`", cells[0]):
+      rows.append((cells[0].strip("`"), cells[2]))
+  return rows
+
+
+def _as_value(text: str):
+  """The value an "ours" cell states: a backticked string, a Python literal, or a literal
+  or bare word before a remark ("0 (off)", "bfloat16")."""
+  if text.startswith("`") and text.endswith("`"):
+    return text.strip("`")
+  for candidate in (text, text.split()[0]):
+    try:
+      return ast.literal_eval(candidate)
+    except (ValueError, SyntaxError):
+      pass
+  return text.split()[0]
+
+
+@pytest.mark.parametrize("section", sorted(RECIPE_SECTIONS))
+def test_recipes_doc_states_what_each_config_sets(section):
+  config, checked = RECIPE_SECTIONS[section], []
+  for field, ours in _recipe_rows(section):
+    node = config
+    for name in field.split("."):
+      node = node[name] if name in node else None
+      if node is None:
+        break
+    if node is None or hasattr(node, "keys"):  # not a leaf: the row describes, not sets
+      continue
+    value = _as_value(ours)
+    actual = tuple(node) if isinstance(node, (list, tuple)) else node
+    assert actual == value, (section, field, ours, node)
+    checked.append(field)
+  minimum = {"configs/toe_deit_s_imagenet.py": 24, "configs/vit_s16_imagenet.py": 14,
+             "configs/skipvit_s16_imagenet.py": 1}[section]
+  assert len(checked) >= minimum, checked

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from skipvit_jax import train, training_step
+from skipvit_jax import inspect_run, train, training_step
 from skipvit_jax.checkpointing import Checkpoints
 from skipvit_jax.data import pipeline
 from tests.jax_testing import count_compilations
@@ -130,6 +130,13 @@ def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
   # The EMA lags the parameters: its evaluation differs from theirs.
   assert resumed.eval_metrics["eval_ema/loss"] != resumed.eval_metrics["eval/loss"]
   assert all(np.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
+  # The EMA is in the checkpoint, and the notebooks' loader restores it beside the parameters.
+  run = inspect_run.load_run(str(tmp_path / "b"))
+  assert run.step == 6 and run.ema_params is not None
+  for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(run.ema_params),
+                                                      jax.tree.leaves(run.params)))
 
 
 def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, monkeypatch):
