@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.routing.drop_point = "after_attention"  # or "block_input"
   config.routing.ratio_of = "present"  # ratios of the tokens present, or "original"
   config.routing.fuse_normalize = False  # "fused": normalise the fusion weights
+  config.routing.score = "cls_attention"  # token ranking; "random": the random-subset control
   config.drop_warmup_epochs = 0.0  # train with all tokens this long before routing
 
   # ToE token expansion after layer 1 (skipvit_jax/toe.py); stages start at given epochs.
@@ -57,8 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.toe.sparse_eval = False  # evaluate with the current stage's reduction (else all tokens)
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "synthetic"  # "synthetic" or a TFDS name ("imagenet2012", "cifar10")
-  config.data.data_dir = ""  # TFDS data dir ("" = TFDS default; synthetic: ~/.cache)
+  config.data.name = "synthetic"  # "synthetic", "fashion_mnist" or a TFDS name ("cifar10")
+  config.data.data_dir = ""  # TFDS data dir ("" = TFDS default; synthetic, fashion: ~/.cache)
+  # "fashion_mnist"'s four idx files (`apt-get install dataset-fashion-mnist` puts them here):
+  config.data.source_dir = "/usr/share/datasets/fashion-mnist"  # read once, when preparing
   config.data.image_size = 224  # model input side in pixels
   config.data.train_split = "train"  # TFDS split names
   config.data.eval_split = "validation"  # (the synthetic dataset's are "train" and "test")

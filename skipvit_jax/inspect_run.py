@@ -20,7 +20,7 @@ import optax
 
 from skipvit_jax import checkpointing, optim, train
 from skipvit_jax import toe as toe_lib
-from skipvit_jax.data import pipeline, transforms
+from skipvit_jax.data import pipeline
 from skipvit_jax.models.vit import ViT
 from skipvit_jax.routing import RoutingConfig
 
@@ -72,7 +72,7 @@ def eval_examples(config: ml_collections.ConfigDict, count: int) -> dict[str, np
     image: (N, S, S, 3) float32, the model's input.
     display: (N, S, S, 3) float32 in [0, 1], the same pixels for plotting.
     label: (N,) int32.
-    mask: (N, S, S) uint8 object masks (synthetic data only).
+    mask: (N, S, S) uint8 object masks (datasets that have them: synthetic, Fashion-MNIST).
   """
   sources = pipeline.load_sources(config.data)
   count = min(count, sources.info.num_eval)
@@ -80,10 +80,7 @@ def eval_examples(config: ml_collections.ConfigDict, count: int) -> dict[str, np
       sources.eval, sources.info, global_batch=count, image_size=config.data.image_size,
       num_threads=1))
   batch.pop("valid")
-  if sources.info.name == pipeline.SYNTHETIC:
-    mean, std = transforms.HALF, transforms.HALF
-  else:
-    mean, std = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
+  mean, std = sources.info.mean_std
   batch["display"] = np.clip((batch["image"] * std + mean) / 255.0, 0.0, 1.0)
   return batch
 

@@ -23,6 +23,10 @@ import jax.numpy as jnp
 MODES = ("skip", "fused", "drop")
 DROP_POINTS = ("after_attention", "block_input")
 RATIO_BASES = ("present", "original")
+# What ranks the tokens at a drop layer: the head-averaged [CLS] attention row (SkipViT), or
+# independent uniform draws, which keep a uniformly random subset of the same size (the
+# Random-LTD / patch-dropout control).
+SCORES = ("cls_attention", "random")
 
 
 def cls_attention_scores(q: jax.Array, k: jax.Array) -> jax.Array:
@@ -40,6 +44,13 @@ def cls_attention_scores(q: jax.Array, k: jax.Array) -> jax.Array:
   logits = jnp.einsum("bhd,bnhd->bhn", q[:, 0], k, preferred_element_type=jnp.float32)
   probs = jax.nn.softmax(logits * scale, axis=-1)  # (B, H, N)
   return probs.mean(axis=1)[:, 1:]
+
+
+def random_scores(key: jax.Array, batch: int, num_tokens: int) -> jax.Array:
+  """(B, n) float32 uniform draws: ranking by them keeps a uniformly random subset of every
+  size, independently per example (ties have probability ~0 and fall to the lower
+  position, as in `split_tokens`)."""
+  return jax.random.uniform(key, (batch, num_tokens), jnp.float32)
 
 
 def split_tokens(
@@ -166,6 +177,11 @@ class RoutingConfig:
     ratio_of: "present" (ratio of the patch tokens present at that layer) or "original"
       (ratio of the image's patch count).
     fuse_normalize: "fused" mode only: normalise the fusion weights to sum to one.
+    score: what ranks the tokens: "cls_attention" (the head-averaged [CLS] attention row) or
+      "random" (a uniformly random subset of the same size, drawn from the model's "routing"
+      RNG stream: in training a function of (seed, step); without that stream, as in
+      evaluation, from a fixed key per layer). Not with mode "fused", whose fusion weights
+      are the [CLS] attention.
   """
 
   drop_layers: tuple[int, ...] = ()
@@ -175,6 +191,7 @@ class RoutingConfig:
   drop_point: str = "after_attention"
   ratio_of: str = "present"
   fuse_normalize: bool = False
+  score: str = "cls_attention"
 
   def __post_init__(self):
     # ml_collections and JSON hand us lists; the module attribute must be hashable.
@@ -183,6 +200,11 @@ class RoutingConfig:
     _check_choice("mode", self.mode, MODES)
     _check_choice("drop_point", self.drop_point, DROP_POINTS)
     _check_choice("ratio_of", self.ratio_of, RATIO_BASES)
+    _check_choice("score", self.score, SCORES)
+    if self.score == "random" and self.mode == "fused":
+      raise ValueError(
+          "RoutingConfig.score: 'random' works with modes 'skip' and 'drop'; mode 'fused' "
+          "weights its fused token by the [CLS] attention, so it needs 'cls_attention'")
     if len(self.drop_ratios) != len(self.drop_layers):
       raise ValueError(
           f"RoutingConfig.drop_ratios: needs one ratio per drop layer "

@@ -65,6 +65,7 @@ def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
       drop_layers=tuple(r.drop_layers), drop_ratios=tuple(r.drop_ratios),
       return_layer=r.return_layer if r.return_layer else None, mode=r.mode,
       drop_point=r.drop_point, ratio_of=r.ratio_of, fuse_normalize=r.fuse_normalize,
+      score=r.score,
   )
 
 

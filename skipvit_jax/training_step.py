@@ -18,6 +18,9 @@ from skipvit_jax import augment, parallel
 from skipvit_jax.models.vit import ViT
 
 AXIS = parallel.AXIS
+# step_rngs folds this into the step key for random routing, rather than splitting three ways,
+# so that the mixing and dropout keys (split in two) stay those of earlier runs.
+ROUTING_STREAM = 1
 
 
 @flax.struct.dataclass
@@ -36,6 +39,18 @@ class Regularization:
   mix_switch_prob: float = 0.5  # chance of cutmix when both are on
 
 
+def step_rngs(seed: int, step: jax.Array | int, device_index: jax.Array | int) -> dict:
+  """The keys of one device's training step: "mix" (mixup / cutmix), and the model's streams
+  "dropout" (dropout, stochastic depth) and "routing" (RoutingConfig(score="random")).
+
+  All derive from fold_in(fold_in(key(seed), step), device_index), so they are a function of
+  (seed, step) and a restarted run redraws them exactly."""
+  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), device_index)
+  rng_mix, rng_dropout = jax.random.split(rng)
+  return {"mix": rng_mix, "dropout": rng_dropout,
+          "routing": jax.random.fold_in(rng, ROUTING_STREAM)}
+
+
 def train_step(
     state: TrainState, batch: dict, *, model: ViT, optimizer: optax.GradientTransformation,
     learning_rate: optax.Schedule, regularization: Regularization, seed: int,
@@ -44,38 +59,36 @@ def train_step(
   """One optimisation step on this device's shard of the global batch (run under pmap).
 
   batch: image (b, S, S, 3) float32, label (b,) int32.
-  The step's randomness is fold_in(key(seed), step), then the device index.
+  The step's randomness is `step_rngs(seed, step, device index)`.
   grad_accum_steps: the shard is split into this many micro-batches, run one after another
     with their gradients averaged, so that only one micro-batch's activations are alive: the
     same update as the whole shard at once (mixup and cutmix pair examples across the whole
     shard, before the split; only dropout differs, drawn per micro-batch).
   ema_decay: when > 0, state.ema_params becomes decay * ema + (1 - decay) * new params.
   """
-  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
-                           jax.lax.axis_index(AXIS))
-  rng_mix, rng_dropout = jax.random.split(rng)
+  rngs = step_rngs(seed, state.step, jax.lax.axis_index(AXIS))
+  rng_mix = rngs.pop("mix")
   targets = augment.soft_targets(batch["label"], model.num_classes, regularization.label_smoothing)
   images, targets = augment.mix_batch(
       rng_mix, batch["image"], targets, mixup_alpha=regularization.mixup_alpha,
       cutmix_alpha=regularization.cutmix_alpha, switch_prob=regularization.mix_switch_prob,
   )
 
-  def loss_and_grads(images, targets, rng_dropout):
+  def loss_and_grads(images, targets, rngs):
     def loss_fn(params):
-      logits, _ = model.apply({"params": params}, images, train=True,
-                              rngs={"dropout": rng_dropout})
+      logits, _ = model.apply({"params": params}, images, train=True, rngs=rngs)
       return optax.softmax_cross_entropy(logits, targets).mean()
     return jax.value_and_grad(loss_fn)(state.params)
 
   if grad_accum_steps == 1:
-    loss, grads = loss_and_grads(images, targets, rng_dropout)
+    loss, grads = loss_and_grads(images, targets, rngs)
   else:
     def accumulate(total, micro_batch):
       return jax.tree.map(jnp.add, total, loss_and_grads(*micro_batch)), None
 
     split = lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:])  # (k, b / k, ...)
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    micro_rngs = jax.random.split(rng_dropout, grad_accum_steps)
+    micro_rngs = {name: jax.random.split(key, grad_accum_steps) for name, key in rngs.items()}
     total, _ = jax.lax.scan(accumulate, zeros, (split(images), split(targets), micro_rngs))
     loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
   loss, grads = jax.lax.pmean((loss, grads), AXIS)

@@ -176,7 +176,7 @@ def test_eval_batches_cover_the_split_exactly_once_across_hosts(data_dir):
       seen.extend(
           tuple(image.ravel()[:8]) for image, valid in zip(batch["image"], batch["valid"]) if valid)
   assert counts[0] == counts[1] == 4  # ceil(50 / 16), the same on every host
-  everything = [tuple(pipeline._preprocess(sources.eval[i], None, synthetic=True, image_size=32)
+  everything = [tuple(pipeline._preprocess(sources.eval[i], None, sources.info, image_size=32)
                       ["image"].ravel()[:8]) for i in range(NUM_TEST)]
   assert sorted(seen) == sorted(everything)
 

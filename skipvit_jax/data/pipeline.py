@@ -27,8 +27,9 @@ import numpy as np
 from skipvit_jax.data import randaugment, transforms
 
 SYNTHETIC = "synthetic"
-# Where the synthetic dataset is generated when config.data.data_dir is empty.
-SYNTHETIC_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "skipvit_jax", "datasets")
+FASHION_MNIST = "fashion_mnist"
+# Where the synthetic dataset and Fashion-MNIST are prepared when config.data.data_dir is empty.
+DATA_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "skipvit_jax", "datasets")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,17 @@ class DatasetInfo:
   num_train: int
   num_eval: int
   has_object_masks: bool  # examples carry "mask": the object's (H, W) pixel mask
+  # Stored at the training resolution (the synthetic data, Fashion-MNIST): flipped, never
+  # cropped, so the masks stay aligned; pixels mapped to [-1, 1]. Otherwise ImageNet-style:
+  # random-resized crop / centre crop, ImageNet mean and std.
+  fixed_size: bool = False
+
+  @property
+  def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) in 0..255 that normalisation subtracts and divides by."""
+    if self.fixed_size:
+      return transforms.HALF, transforms.HALF
+    return transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +67,41 @@ def load_sources(data_config) -> Sources:
 
     tfds.disable_progress_bar()  # the first run generates the data; keep the log readable
     builder = synthetic.prepare(
-        data_config.data_dir or SYNTHETIC_CACHE, image_size=data_config.image_size,
+        data_config.data_dir or DATA_CACHE, image_size=data_config.image_size,
         num_train=data_config.synthetic.num_train, num_test=data_config.synthetic.num_test,
         seed=data_config.synthetic.seed,
     )
     source = builder.as_data_source()
     train, evaluation = source["train"], source["test"]
     return Sources(train, evaluation, DatasetInfo(
-        SYNTHETIC, synthetic.NUM_CLASSES, len(train), len(evaluation), True))
+        SYNTHETIC, synthetic.NUM_CLASSES, len(train), len(evaluation), True, fixed_size=True))
+  if data_config.name == FASHION_MNIST:
+    return _load_fashion_mnist(data_config)
   return _load_tfds_sources(data_config)
+
+
+def _load_fashion_mnist(data_config) -> Sources:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from skipvit_jax.data import fashion_mnist  # pylint: disable=g-import-not-at-top
+
+  if data_config.image_size != fashion_mnist.IMAGE_SIZE:
+    raise ValueError(f"config.data.image_size: Fashion-MNIST's images are "
+                     f"{fashion_mnist.IMAGE_SIZE} px, got {data_config.image_size}")
+  tfds.disable_progress_bar()
+  try:
+    builder = fashion_mnist.prepare(data_config.data_dir or DATA_CACHE,
+                                    data_config.source_dir)
+  except FileNotFoundError as e:
+    raise ValueError(f"config.data.source_dir: {e}") from None
+  except fashion_mnist.IdxFormatError as e:
+    raise ValueError(f"config.data.source_dir: a Fashion-MNIST file is damaged: {e}. Reinstall "
+                     f"it (`apt-get install --reinstall dataset-fashion-mnist`) or replace "
+                     "it with the original.") from None
+  source = builder.as_data_source()
+  train, evaluation = source["train"], source["test"]
+  return Sources(train, evaluation, DatasetInfo(
+      FASHION_MNIST, len(fashion_mnist.CLASS_NAMES), len(train), len(evaluation), True,
+      fixed_size=True))
 
 
 def _load_tfds_sources(data_config) -> Sources:
@@ -122,30 +160,30 @@ class Augmentation:
     return randaugment.parse_rand_augment(self.rand_augment) if self.rand_augment else None
 
 
-def _preprocess(example: dict, rng: np.random.Generator | None, *, synthetic: bool,
+def _preprocess(example: dict, rng: np.random.Generator | None, info: DatasetInfo, *,
                 image_size: int, augmentation: Augmentation = Augmentation()) -> dict:
   """One example -> {"image": (S, S, 3) float32, "label": int32[, "mask": (S, S) uint8]}.
 
-  rng is None for evaluation (deterministic preprocessing)."""
+  rng is None for evaluation (deterministic preprocessing), which also passes the object
+  mask on where the dataset has one."""
   image = np.asarray(example["image"])
-  mean, std = ((transforms.HALF, transforms.HALF) if synthetic
-               else (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD))
-  if not synthetic and (image.ndim == 2 or image.shape[-1] == 1):
+  if image.ndim == 2 or image.shape[-1] == 1:  # grayscale: the model takes 3 channels
     image = np.broadcast_to(image.reshape(image.shape[:2] + (1,)), image.shape[:2] + (3,))
+  mean, std = info.mean_std
   out = {"label": np.int32(example["label"])}
   if rng is None:
-    if synthetic:
+    if info.has_object_masks:
       out["mask"] = np.asarray(example["mask"], np.uint8)
-    else:
+    if not info.fixed_size:
       image = transforms.resize_center_crop(image, image_size)
     out["image"] = transforms.normalize(image, mean, std)
     return out
-  # The synthetic images are already at the training size and keep their framing.
-  if not synthetic:
+  if not info.fixed_size:
     image = transforms.random_resized_crop(rng, image, image_size)
   image = transforms.random_flip(rng, image)
   if augmentation.rand_augment_options is not None:
-    image = randaugment.rand_augment(rng, image, augmentation.rand_augment_options,
+    image = randaugment.rand_augment(rng, np.ascontiguousarray(image),
+                                     augmentation.rand_augment_options,
                                      fill=tuple(int(round(m)) for m in mean))
   image = transforms.normalize(image, mean, std)
   if augmentation.random_erase > 0:
@@ -224,12 +262,11 @@ def train_batches(
         f"config.batch_size: {global_batch} is larger than the training split "
         f"({info.num_train} examples)"
     )
-  synthetic = info.name == SYNTHETIC
 
   def load(item):
     step, slot, index = item
     rng = np.random.default_rng([seed, step, slot])
-    return _preprocess(source[index], rng, synthetic=synthetic, image_size=image_size,
+    return _preprocess(source[index], rng, info, image_size=image_size,
                        augmentation=augmentation)
 
   dataset = (
@@ -273,18 +310,17 @@ def eval_batches(
 
   Yields {"image", "label", "valid": (host_batch,) float32[, "mask": (host_batch, S, S)]}."""
   indices = _EvalIndices(info.num_eval, global_batch, process_index, process_count)
-  synthetic = info.name == SYNTHETIC
   padding = None
 
   def load(index):
     nonlocal padding
     if index >= 0:
-      out = _preprocess(source[index], None, synthetic=synthetic, image_size=image_size)
+      out = _preprocess(source[index], None, info, image_size=image_size)
       out["valid"] = np.float32(1.0)
       return out
     if padding is None:
       padding = _zeros_like(
-          _preprocess(source[0], None, synthetic=synthetic, image_size=image_size))
+          _preprocess(source[0], None, info, image_size=image_size))
       padding["valid"] = np.float32(0.0)
     return padding
 

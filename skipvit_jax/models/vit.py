@@ -144,24 +144,35 @@ class EncoderBlock(nn.Module):
         name="MultiHeadDotProductAttention_1",
     )
     point = self.routing_config.drop_point
+    by_attention = self.routing_config.score == "cls_attention"
     split = None
     if stage is not None and point == "block_input":
-      x, split = routing.route(x, attn.cls_scores(norm_attn(x)), stage, self.routing_config)
+      scores = attn.cls_scores(norm_attn(x)) if by_attention else self._random_scores(x, stage)
+      x, split = routing.route(x, scores, stage, self.routing_config)
 
     result = attn(
         norm_attn(x),
-        with_cls_scores=stage is not None and point == "after_attention",
+        with_cls_scores=stage is not None and point == "after_attention" and by_attention,
         with_probs=capture_attention,
     )
     y = nn.Dropout(self.dropout_rate)(result.out, deterministic=not train)
     x = x + drop_path(y, deterministic=not train)
     if stage is not None and point == "after_attention":
-      x, split = routing.route(x, result.cls_scores, stage, self.routing_config)
+      scores = result.cls_scores if by_attention else self._random_scores(x, stage)
+      x, split = routing.route(x, scores, stage, self.routing_config)
 
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_2")(x)
     y = MlpBlock(self.dims.mlp_dim, self.dropout_rate, self.dtype, name="MlpBlock_3")(y, train=train)
     x = x + drop_path(y, deterministic=not train)
     return x, split, result.probs
+
+  def _random_scores(self, x: Array, stage: routing.DropStage) -> Array:
+    """(B, n) uniform scores for the n non-[CLS] tokens of x (RoutingConfig.score "random").
+
+    Training passes the "routing" RNG stream (a function of seed and step); evaluation and
+    inspection pass none and draw from a fixed key per layer."""
+    key = self.make_rng("routing") if self.has_rng("routing") else jax.random.key(stage.layer)
+    return routing.random_scores(key, x.shape[0], x.shape[1] - 1)
 
 
 class AddPositionEmbs(nn.Module):

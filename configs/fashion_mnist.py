@@ -1,0 +1,60 @@
+"""Fashion-MNIST (real 28 px photographs of clothing, offline): dense, SkipViT rows, ToE.
+
+  apt-get install dataset-fashion-mnist          # once: the four idx files
+  python main.py --config configs/fashion_mnist.py --workdir /tmp/fashion_dense
+  python main.py --config configs/fashion_mnist.py:row=6-55-11 --workdir /tmp/fashion_6_55_11
+  python main.py --config configs/fashion_mnist.py:toe --workdir /tmp/fashion_toe
+
+A 12-layer ViT (so the SkipViT paper's layer numbers mean the same) on 4 px patches: 7 x 7 =
+49 patch tokens + [CLS]. `row` is a paper row as in configs/skipvit_s16_imagenet.py ("6-55-11":
+drop 55% at layer 6, return before layer 11; "6-45-fused"; "4.7-30.30-10"; ...), after a drop
+warm-up; `row=dense` (the default) routes nothing. `:toe` adds ToE after layer 1, its stages
+compressed to the run. `:random` replaces the [CLS]-attention ranking of a row by a random
+subset of the same size (the control).
+"""
+
+import ml_collections
+
+from configs import common
+from skipvit_jax.routing import RoutingConfig
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, row="dense", toe=False, warmup=1.0)
+  config = common.base_config()
+  config.model.variant = "Te/4"  # width 32, 12 layers; 28 px / 4 = 49 patches
+
+  if args.row != "dense":
+    routing = RoutingConfig.from_paper_row(args.row)
+    config.routing.drop_layers = routing.drop_layers
+    config.routing.drop_ratios = routing.drop_ratios
+    config.routing.return_layer = routing.return_layer or 0
+    config.routing.mode = routing.mode
+    config.drop_warmup_epochs = args.warmup
+
+  if args.toe:
+    config.toe.enabled = True
+    config.toe.expansion_epochs = (0, 2, 4)
+    config.toe.keep_rates = (0.5, 0.75, 1.0)
+    config.toe.init_rate = 0.25
+    config.toe.substeps = 2
+
+  config.data.name = "fashion_mnist"
+  config.data.image_size = 28
+  config.data.eval_split = "test"
+  config.data.num_threads = 2
+
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.num_epochs = 6.0
+  config.optimizer.lr = 2e-3
+  config.optimizer.warmup_epochs = 0.5
+  config.optimizer.weight_decay = 0.05
+  config.label_smoothing = 0.0
+  config.mixup_alpha = 0.0
+  config.cutmix_alpha = 0.0
+
+  config.log_every_steps = 100
+  config.eval_every_epochs = 1.0
+  config.checkpoint_every_steps = 1000
+  return config
