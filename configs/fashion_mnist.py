@@ -16,21 +16,19 @@ subset of the same size (the control).
 import ml_collections
 
 from configs import common
-from skipvit_jax.routing import RoutingConfig
+from configs.sweeps import paper_row
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, row="dense", toe=False, warmup=1.0)
+  args = common.parse_arg(arg, row="dense", toe=False, random=False, warmup=1.0)
   config = common.base_config()
   config.model.variant = "Te/4"  # width 32, 12 layers; 28 px / 4 = 49 patches
 
   if args.row != "dense":
-    routing = RoutingConfig.from_paper_row(args.row)
-    config.routing.drop_layers = routing.drop_layers
-    config.routing.drop_ratios = routing.drop_ratios
-    config.routing.return_layer = routing.return_layer or 0
-    config.routing.mode = routing.mode
-    config.drop_warmup_epochs = args.warmup
+    config.update_from_flattened_dict(paper_row(args.row))
+    config.drop_warmup_epochs = args.warmup  # epochs on all tokens before dropping
+  if args.random:
+    config.routing.score = "random"
 
   if args.toe:
     config.toe.enabled = True

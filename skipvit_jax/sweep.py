@@ -376,16 +376,53 @@ def _metric_columns(rows: list[dict]) -> list[str]:
   return [c for c in _columns(rows) if c in numeric or c.startswith("kept_object_recall")]
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-  """Mean and sample std over seeds of every metric, per run name (finished runs only)."""
+# Student's t quantile t_{0.975, df}: the 95% interval of a mean of df + 1 paired differences.
+_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+          9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+# Differences to the dense run of the same seed, for these columns.
+_PAIRED = ("top1", "top1_all_tokens")
+
+
+def t_975(df: int) -> float:
+  """t_{0.975} with df degrees of freedom (the nearest tabulated df at or below; 1.96 past 30)."""
+  if df < 1:
+    raise ValueError(f"need df >= 1, got {df}")
+  return _T_975[max(d for d in _T_975 if d <= df)] if df <= 30 else 1.96
+
+
+def paired_difference(values: Mapping[int, float], reference: Mapping[int, float]
+                      ) -> dict[str, float | int | None]:
+  """Mean of values[seed] - reference[seed] over the seeds both have, with the half-width of
+  its 95% t interval (None with fewer than two pairs)."""
+  diffs = [values[seed] - reference[seed] for seed in values if seed in reference]
+  if not diffs:
+    return {"mean": None, "ci95": None, "pairs": 0}
+  ci = (t_975(len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+        if len(diffs) > 1 else None)
+  return {"mean": statistics.fmean(diffs), "ci95": ci, "pairs": len(diffs)}
+
+
+def aggregate(rows: list[dict], dense: str | None = None) -> list[dict]:
+  """Mean and sample std over seeds of every metric, per run name (finished runs only); with
+  `dense`, also each top-1's paired difference to the dense run of the same seed
+  (`<column>_vs_dense`: mean, 95% half-width, pairs)."""
+  def done(name: str) -> list[dict]:
+    return [r for r in rows if r["name"] == name and r["status"] == "done"]
+
+  reference = {column: {r["seed"]: r[column] for r in done(dense) if r.get(column) is not None}
+               for column in _PAIRED} if dense else {}
   out = []
   for name in dict.fromkeys(r["name"] for r in rows):
-    done = [r for r in rows if r["name"] == name and r["status"] == "done"]
-    entry = {"name": name, "seeds": len(done)}
+    finished = done(name)
+    entry = {"name": name, "seeds": len(finished)}
     for column in _metric_columns(rows):
-      values = [r[column] for r in done if r.get(column) is not None]
+      values = [r[column] for r in finished if r.get(column) is not None]
       entry[f"{column}_mean"] = statistics.fmean(values) if values else None
       entry[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
+    if dense and name != dense:
+      for column in _PAIRED:
+        values = {r["seed"]: r[column] for r in finished if r.get(column) is not None}
+        entry[f"{column}_vs_dense"] = paired_difference(values, reference[column])
     out.append(entry)
   return out
 
@@ -446,6 +483,16 @@ def _mean_std_cell(column: str, entry: dict) -> str:
   return _fmt(column, mean) if std is None else f"{_fmt(column, mean)} ± {_fmt(column, std)}"
 
 
+def _paired_cell(difference: dict | None) -> str:
+  """"+0.4 ± 0.9 (3)": mean paired difference in points of top-1, 95% half-width, pairs."""
+  if not difference or difference["mean"] is None:
+    return "-"
+  mean = f"{100 * difference['mean']:+.1f}"
+  if difference["ci95"] is None:
+    return f"{mean} ({difference['pairs']})"
+  return f"{mean} ± {100 * difference['ci95']:.1f} ({difference['pairs']})"
+
+
 def markdown(sweep: Sweep, rows: list[dict], overrides: Mapping[str, Any] | None = None) -> str:
   """results.md: the per-run table, mean ± std over seeds (several seeds only), failures."""
   recall = [c for c in _columns(rows) if c.startswith("kept_object_recall")]
@@ -465,10 +512,13 @@ def markdown(sweep: Sweep, rows: list[dict], overrides: Mapping[str, Any] | None
   lines += _markdown_table(header, cells)
   if len({r["seed"] for r in rows}) > 1:
     columns = _metric_columns(rows)
-    cells = [[a["name"], str(a["seeds"]), *(_mean_std_cell(c, a) for c in columns)]
-             for a in aggregate(rows)]
+    paired = [c for c in _PAIRED if sweep.dense]
+    cells = [[a["name"], str(a["seeds"]), *(_mean_std_cell(c, a) for c in columns),
+              *(_paired_cell(a.get(f"{c}_vs_dense")) for c in paired)]
+             for a in aggregate(rows, sweep.dense)]
     titles = [_TITLES.get(c, c.replace("kept_object_recall_", "kept-object recall "))
               for c in columns]
+    titles += [f"{_TITLES[c]} - dense, same seed (95% CI)" for c in paired]
     lines += ["", "## Mean ± std over seeds", "",
               *_markdown_table(["run", "seeds", *titles], cells)]
   failed = [r for r in rows if r["status"] == "failed"]
@@ -495,7 +545,7 @@ def write_results(sweep: Sweep, sweep_dir: str | os.PathLike,
   _write_json(sweep_dir / "results.json", {
       "sweep": sweep.path, "dense": sweep.dense,
       "overrides": {k: format_value(v) for k, v in (overrides or {}).items()},
-      "runs": rows, "mean_std_over_seeds": aggregate(rows),
+      "runs": rows, "mean_std_over_seeds": aggregate(rows, sweep.dense),
   })
   (sweep_dir / "results.md").write_text(markdown(sweep, rows, overrides), encoding="utf-8")
   return rows

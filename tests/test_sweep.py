@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from configs import skipvit_s16_imagenet
@@ -141,6 +142,31 @@ def test_results_compare_with_the_same_seed_dense_run_and_aggregate_over_seeds(t
   assert "## Mean ± std over seeds" in markdown
   assert "| r | 2 | 32.0 ± 1.4 |" in markdown  # seeds 0 and 1 finished; seed 2 did not
   assert "0.700 (0.453)" in markdown
+
+
+def test_paired_difference_to_dense_with_a_t_interval(tmp_path):
+  path = write_sweep(tmp_path / "s.py",
+                     '[{"name": "dense"}, {"name": "r", "overrides": {"num_epochs": 2.0}}]')
+  loaded = sweep.load_sweep(path, seeds=(0, 1, 2, 3))
+  dense, routed = [0.80, 0.84, 0.82, 0.90], [0.81, 0.86, 0.81, 0.85]  # seed 3: r unfinished
+  for seed in range(4):
+    _fake_run(tmp_path / f"out/dense_seed{seed}", top1=dense[seed], rate=100.0)
+    _fake_run(tmp_path / f"out/r_seed{seed}", top1=routed[seed], rate=120.0, recall=0.7,
+              status="done" if seed < 3 else "failed")
+  sweep.write_results(loaded, tmp_path / "out")
+  results = json.loads((tmp_path / "out/results.json").read_text())
+  r_entry = next(a for a in results["mean_std_over_seeds"] if a["name"] == "r")
+  diffs = np.array(routed[:3]) - np.array(dense[:3])  # only the seeds both finished
+  half_width = 4.303 * diffs.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
+  difference = r_entry["top1_vs_dense"]
+  assert difference["pairs"] == 3
+  assert difference["mean"] == pytest.approx(diffs.mean())
+  assert difference["ci95"] == pytest.approx(half_width)
+  assert r_entry["top1_all_tokens_vs_dense"]["mean"] == pytest.approx(diffs.mean() - 0.01)
+  assert "top1_vs_dense" not in results["mean_std_over_seeds"][0]  # dense itself
+  markdown = (tmp_path / "out/results.md").read_text()
+  assert f"{100 * diffs.mean():+.1f} ± {100 * half_width:.1f} (3)" in markdown
+  assert sweep.t_975(1) == 12.706 and sweep.t_975(12) == 2.228 and sweep.t_975(50) == 1.96
 
 
 def test_run_that_outlasts_the_timeout_is_stopped_and_recorded(tmp_path):
