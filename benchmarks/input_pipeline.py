@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import timing
+from configs import common
 from skipvit_jax.data import pipeline
 
 
@@ -78,11 +79,12 @@ def load_sources(args) -> pipeline.Sources:
 
 
 def data_config(args) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "name": args.dataset, "data_dir": args.data_dir, "image_size": args.image_size,
-      "train_split": args.train_split, "eval_split": args.eval_split, "num_threads": 1,
-      "synthetic": {"num_train": args.synthetic_examples, "num_test": 1000, "seed": 0},
-  })
+  """The trainer's `config.data` (configs/common.py's defaults) for the benchmarked dataset."""
+  data = common.base_config().data
+  data.update({"name": args.dataset, "data_dir": args.data_dir, "image_size": args.image_size,
+               "train_split": args.train_split, "eval_split": args.eval_split})
+  data.synthetic.update({"num_train": args.synthetic_examples, "num_test": 1000})
+  return data
 
 
 def images_per_sec(batches, num_batches: int, batch_size: int) -> float:

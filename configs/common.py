@@ -26,6 +26,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # parameters, data order, augmentation and dropout all derive from it
+  config.num_cpu_devices = 0  # > 0: split a CPU-only host into this many pmap devices
 
   config.model = ml_collections.ConfigDict()
   config.model.variant = "S/16"  # "<size>/<patch>": Te (testing), Ti, S, B, L

@@ -42,6 +42,25 @@ def _cluster_detected() -> bool:
           or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
 
 
+def use_cpu_devices(count: int) -> None:
+  """Lets the CPU backend present `count` devices (config.num_cpu_devices; 0 = JAX's default,
+  one), over which the trainer's pmap splits each batch: on a host without accelerators the
+  devices run in parallel threads, which keeps several cores busy with a model too small to
+  fill them in one program. Must run before anything touches a JAX backend; afterwards, as in
+  a notebook or a test that already used JAX, the devices stay as they are and a warning says
+  so."""
+  if count < 0:
+    raise ValueError(f"config.num_cpu_devices: must be >= 0 (0: JAX's default), got {count}")
+  if count == 0:
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # the backends already started
+    if jax.default_backend() == "cpu" and jax.local_device_count() != count:
+      logging.warning("config.num_cpu_devices=%d not applied: JAX already started with %d "
+                      "CPU devices", count, jax.local_device_count())
+
+
 def maybe_initialize() -> None:
   """Calls `jax.distributed.initialize` when flags or the environment describe a multi-process
   run; must run before anything touches a JAX backend."""

@@ -220,6 +220,7 @@ class TrainResult:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one."""
+  distributed.use_cpu_devices(config.num_cpu_devices)
   distributed.maybe_initialize()
   # ---- everything that can reject the config, before compiling anything
   check_batch_sizes(config)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from skipvit_jax import inspect_run, train, training_step
+from skipvit_jax import distributed, inspect_run, train, training_step
 from skipvit_jax.checkpointing import Checkpoints
 from skipvit_jax.data import pipeline
 from tests.jax_testing import count_compilations
@@ -56,8 +56,8 @@ def _records(workdir):
 
 def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
   workdir = tmp_path / "run"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=str(REPO),
+  # The two CPU devices come from config.num_cpu_devices, not from XLA_FLAGS.
+  env = dict(os.environ, XLA_FLAGS="", JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=str(REPO),
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   args = [
@@ -68,6 +68,7 @@ def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
       "--config.batch_size=32", "--config.eval_batch_size=16", "--config.num_epochs=2",
       "--config.drop_warmup_epochs=1", "--config.log_every_steps=2",
       "--config.eval_every_epochs=1", "--config.data.num_threads=2",
+      "--config.num_cpu_devices=2",
   ]
   result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -87,6 +88,14 @@ def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
   assert records[-1]["train/finished"] == 1 and records[-1]["step"] == 8
   assert (workdir / "checkpoints" / "8").is_dir()
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_cpu_devices_cannot_change_once_jax_has_started(caplog):
+  assert jax.local_device_count() == 2  # conftest's, already in use
+  with caplog.at_level("WARNING"):
+    distributed.use_cpu_devices(5)
+  assert "config.num_cpu_devices=5 not applied" in caplog.text
+  assert jax.local_device_count() == 2
 
 
 def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
