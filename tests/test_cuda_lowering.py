@@ -7,7 +7,7 @@ at the padded token counts; the Pallas kernel's Triton calls), so a silent fallb
 implementation fails.
 
 Two sets, sized for CI (each lowering traces a whole training step, a few seconds):
-- the small 12-layer variant of configs/default.py (Te/4, 32 px, 65 tokens; the layer
+- the small 12-layer variant of configs/default.py (Te/6, 48 px, 65 tokens; the layer
   numbers mean what the paper's do): dense, every Table 1 row, each ToE stage and ToE +
   SkipViT, through cuDNN and through the Pallas kernel, plus the XLA and float32 cases in
   SMALL_MATRIX;

@@ -29,10 +29,11 @@ RUN_ENV = {
 
 
 def tiny_overrides(data_dir) -> dict:
-  """tests/test_train.py's tiny_config as sweep-wide overrides: 4 steps of batch 32 per epoch,
-  2 epochs, one evaluation of 50 examples at the end."""
+  """tests/test_train.py's tiny_config as sweep-wide overrides: 32 px, 4 steps of batch 32 per
+  epoch, 2 epochs, one evaluation of 50 examples at the end."""
   return {
-      "data.data_dir": str(data_dir), "data.synthetic.num_train": 128,
+      "data.data_dir": str(data_dir), "data.image_size": 32, "model.variant": "Te/4",
+      "data.synthetic.num_train": 128,
       "data.synthetic.num_test": 50, "data.num_threads": 2, "batch_size": 32,
       "eval_batch_size": 16, "num_epochs": 2.0, "optimizer.warmup_epochs": 0.5,
       "log_every_steps": 2, "eval_every_epochs": 2.0, "checkpoint_every_steps": 4,

@@ -26,9 +26,12 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir, **overrides):
-  """default.py shrunk to seconds: 4 steps per epoch of batch 32, 50 eval examples."""
+  """default.py shrunk to seconds: 32 px images (Te/4: the same 64 patches), 4 steps per epoch
+  of batch 32, 50 eval examples."""
   config = default.get_config()
   config.data.data_dir = data_dir
+  config.data.image_size = 32
+  config.model.variant = "Te/4"
   config.data.synthetic.num_train = NUM_TRAIN
   config.data.synthetic.num_test = NUM_TEST
   config.data.num_threads = 2
@@ -63,6 +66,7 @@ def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
   args = [
       sys.executable, str(REPO / "main.py"), f"--config={REPO / 'configs/default.py'}",
       f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+      "--config.data.image_size=32", "--config.model.variant=Te/4",
       f"--config.data.synthetic.num_train={NUM_TRAIN}",
       f"--config.data.synthetic.num_test={NUM_TEST}",
       "--config.batch_size=32", "--config.eval_batch_size=16", "--config.num_epochs=2",
