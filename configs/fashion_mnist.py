@@ -11,6 +11,11 @@ drop 55% at layer 6, return before layer 11; "6-45-fused"; "4.7-30.30-10"; ...),
 warm-up; `row=dense` (the default) routes nothing. `:toe` adds ToE after layer 1, its stages
 compressed to the run. `:random` replaces the [CLS]-attention ranking of a row by a random
 subset of the same size (the control).
+
+Expected on a 2-core CPU (measured 2026-12-01): dense, 87.0% test top-1 after the 6 epochs, in
+16 minutes (409 img/s). The learning rate was chosen on 2-epoch runs (top-1: 1e-3 80.9%,
+2e-3 82.8%, 4e-3 83.2%): 2e-3 and 4e-3 are within noise there, and 2e-3 is the one measured
+over the full 6 epochs.
 """
 
 import ml_collections

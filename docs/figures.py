@@ -4,7 +4,9 @@
 
 Writes accuracy_vs_speedup.png (top-1 against measured training speedup, mean over each run's
 seeds, the Pareto front joined) and recall_vs_epoch.png (kept-object recall of the first drop
-layer over training, seed 0, against the keep ratio a random router would recall).
+layer over training, seed 0, against the keep ratio a random router would recall), and prints
+the claims' contrasts as JSON: for each pair of runs (CONTRASTS), the paired difference over
+the seeds both finished, with its 95% t interval (skipvit_jax.sweep.paired_difference).
 """
 
 from __future__ import annotations
@@ -22,11 +24,33 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from skipvit_jax import viz  # pylint: disable=g-import-not-at-top
+from skipvit_jax import sweep, viz  # pylint: disable=g-import-not-at-top
 
 RECALL = "eval/kept_object_recall_0"
 KEEP_RATIO = "eval/keep_ratio_0"
-RECALL_RUNS = ("6-55-11", "6-55-11_warmup0", "6-45-11", "4.7-30.30-10", "toe+skipvit")
+# (run, reference, metric): the comparisons docs/results.md judges the claims by.
+CONTRASTS = (
+    ("6-45-11", "6-45-fused", "top1"),  # skip connection against the fused token
+    ("6-55-11", "dense", "top1"),  # dropping tokens against none
+    ("6-55-11", "6-55-11_warmup0", "top1"),  # drop warm-up against none
+    ("6-55-11", "6-55-11_random", "top1"),  # [CLS]-attention ranking against a random subset
+    ("6-55-11", "6-55-11_random", "kept_object_recall_0"),
+    ("toe", "dense", "top1"),  # ToE against none
+    ("toe+6-55-11", "toe", "top1"),  # SkipViT on top of ToE
+)
+RECALL_RUNS = ("6-55-11", "6-55-11_warmup0", "6-55-11_random", "6-45-11", "4.7-30.30-10",
+               "toe+6-55-11")
+
+
+def contrasts(rows: list[dict]) -> list[dict]:
+  """CONTRASTS over the finished runs of results.json's per-run rows."""
+  def by_seed(name: str, metric: str) -> dict[int, float]:
+    return {row["seed"]: row[metric] for row in rows
+            if row["name"] == name and row["status"] == "done" and row.get(metric) is not None}
+
+  return [{"run": run, "reference": reference, "metric": metric,
+           **sweep.paired_difference(by_seed(run, metric), by_seed(reference, metric))}
+          for run, reference, metric in CONTRASTS]
 
 
 def main() -> None:
@@ -36,7 +60,9 @@ def main() -> None:
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.sweep_dir, "results.json"), encoding="utf-8") as f:
-    means = json.load(f)["mean_std_over_seeds"]
+    results = json.load(f)
+  means = results["mean_std_over_seeds"]
+  print(json.dumps(contrasts(results["runs"]), indent=1))
 
   points = [{"name": m["name"], viz.SPEEDUP: m["speedup_measured_mean"],
              viz.ACCURACY: 100 * m["top1_mean"]}

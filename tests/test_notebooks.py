@@ -106,8 +106,8 @@ def test_sweep_results_notebook_plots_a_sweep(tmp_path):
   assert _images(notebook) == 2  # the Pareto plot and the per-parameter effects
 
 
-def test_sweep_results_notebook_shows_the_readme_rows_by_default(tmp_path):
+def test_sweep_results_notebook_shows_the_committed_reproduction_by_default(tmp_path):
   notebook = _execute("sweep_results.ipynb", tmp_path)
   text = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
-  assert "README's Quick-start rows" in text and "toe+skipvit" in text
+  assert "committed reproduction on the synthetic data" in text and "6-55-11_random" in text
   assert _images(notebook) == 2

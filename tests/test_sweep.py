@@ -2,6 +2,7 @@
 (finished runs skipped, a failing run recorded while the sweep goes on, a partial run rerun)."""
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -224,3 +225,23 @@ def test_tiny_sweep_end_to_end(tmp_path):
   again = sweep.run_sweep(loaded, out, overrides=overrides, env=RUN_ENV)
   assert {name: snapshot(name) for name in finished} == finished  # not rerun
   assert again[1]["status"] == "failed" and again[1]["attempts"] == 2  # retried
+
+
+def test_results_figures_contrast_runs_over_the_seeds_both_finished():
+  spec = importlib.util.spec_from_file_location("figures", REPO / "docs" / "figures.py")
+  figures = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(figures)
+
+  def row(name, seed, top1, status="done"):
+    return {"name": name, "seed": seed, "status": status, "top1": top1}
+
+  rows = [row("6-55-11", 0, 0.60), row("6-55-11", 1, 0.50), row("6-55-11", 2, 0.70),
+          row("6-55-11_random", 0, 0.58), row("6-55-11_random", 1, 0.49),
+          row("6-55-11_random", 2, 0.10, status="failed")]
+  by_pair = {(c["run"], c["reference"], c["metric"]): c for c in figures.contrasts(rows)}
+  random = by_pair[("6-55-11", "6-55-11_random", "top1")]
+  # Seeds 0 and 1 only: differences 0.02 and 0.01; t(1) = 12.706, sd = 0.00707 / sqrt(2).
+  assert random["pairs"] == 2
+  assert random["mean"] == pytest.approx(0.015)
+  assert random["ci95"] == pytest.approx(12.706 * 0.0070711 / 2 ** 0.5, rel=1e-3)
+  assert by_pair[("toe", "dense", "top1")]["pairs"] == 0
