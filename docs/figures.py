@@ -44,12 +44,9 @@ RECALL_RUNS = ("6-55-11", "6-55-11_warmup0", "6-55-11_random", "6-45-11", "4.7-3
 
 def contrasts(rows: list[dict]) -> list[dict]:
   """CONTRASTS over the finished runs of results.json's per-run rows."""
-  def by_seed(name: str, metric: str) -> dict[int, float]:
-    return {row["seed"]: row[metric] for row in rows
-            if row["name"] == name and row["status"] == "done" and row.get(metric) is not None}
-
   return [{"run": run, "reference": reference, "metric": metric,
-           **sweep.paired_difference(by_seed(run, metric), by_seed(reference, metric))}
+           **sweep.paired_difference(sweep.seed_values(rows, run, metric),
+                                     sweep.seed_values(rows, reference, metric))}
           for run, reference, metric in CONTRASTS]
 
 

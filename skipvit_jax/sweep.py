@@ -402,18 +402,20 @@ def paired_difference(values: Mapping[int, float], reference: Mapping[int, float
   return {"mean": statistics.fmean(diffs), "ci95": ci, "pairs": len(diffs)}
 
 
+def seed_values(rows: list[dict], name: str, column: str) -> dict[int, float]:
+  """{seed: column} over the finished runs called `name` that report `column`."""
+  return {r["seed"]: r[column] for r in rows
+          if r["name"] == name and r["status"] == "done" and r.get(column) is not None}
+
+
 def aggregate(rows: list[dict], dense: str | None = None) -> list[dict]:
   """Mean and sample std over seeds of every metric, per run name (finished runs only); with
   `dense`, also each top-1's paired difference to the dense run of the same seed
   (`<column>_vs_dense`: mean, 95% half-width, pairs)."""
-  def done(name: str) -> list[dict]:
-    return [r for r in rows if r["name"] == name and r["status"] == "done"]
-
-  reference = {column: {r["seed"]: r[column] for r in done(dense) if r.get(column) is not None}
-               for column in _PAIRED} if dense else {}
+  reference = {column: seed_values(rows, dense, column) for column in _PAIRED} if dense else {}
   out = []
   for name in dict.fromkeys(r["name"] for r in rows):
-    finished = done(name)
+    finished = [r for r in rows if r["name"] == name and r["status"] == "done"]
     entry = {"name": name, "seeds": len(finished)}
     for column in _metric_columns(rows):
       values = [r[column] for r in finished if r.get(column) is not None]
@@ -421,8 +423,8 @@ def aggregate(rows: list[dict], dense: str | None = None) -> list[dict]:
       entry[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
     if dense and name != dense:
       for column in _PAIRED:
-        values = {r["seed"]: r[column] for r in finished if r.get(column) is not None}
-        entry[f"{column}_vs_dense"] = paired_difference(values, reference[column])
+        entry[f"{column}_vs_dense"] = paired_difference(seed_values(rows, name, column),
+                                                        reference[column])
     out.append(entry)
   return out
 
