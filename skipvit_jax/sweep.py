@@ -4,6 +4,8 @@ tabulate accuracy against speed.
   python -m skipvit_jax.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1
   python -m skipvit_jax.sweep --sweep configs/sweeps/table1_imagenet.py --sweep_dir $DIR \
       --override data.data_dir=$TFDS_DATA_DIR --seeds 0,1,2 --timeout 172800
+  python -m skipvit_jax.sweep --sweep configs/sweeps/reproduction_fashion_mnist.py \
+      --sweep_dir docs/reproduction/fashion_mnist --only dense,6-55-11   # these runs first
 
 A sweep file (configs/sweeps/*.py) is a Python module:
 
@@ -58,7 +60,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,11 +272,16 @@ def run_one(run: Run, run_dir: str | os.PathLike, *, overrides: Mapping[str, Any
 
 def run_sweep(sweep: Sweep, sweep_dir: str | os.PathLike, *,
               overrides: Mapping[str, Any] | None = None, timeout: float | None = None,
-              env: Mapping[str, str] | None = None) -> list[dict]:
-  """Runs every unfinished run of `sweep` in turn, rewriting the results files after each;
-  returns the result rows."""
+              env: Mapping[str, str] | None = None,
+              only: Collection[str] | None = None) -> list[dict]:
+  """Runs every unfinished run of `sweep` in turn (with `only`, those of these names), rewriting
+  the results files, which list every run, after each; returns the result rows."""
   sweep_dir = Path(sweep_dir)
+  if only is not None and (unknown := set(only) - {run.name for run in sweep.runs}):
+    raise ValueError(f"--only: no run named {sorted(unknown)} in {sweep.path}")
   for i, run in enumerate(sweep.runs, 1):
+    if only is not None and run.name not in only:
+      continue
     run_dir = sweep_dir / run.dir_name
     done = _read_json(run_dir / DONE_FILE)
     if done is not None:
@@ -568,6 +575,8 @@ def _parse_flags(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                       help="config override for every run (repeatable), e.g. data.data_dir=/x")
   parser.add_argument("--timeout", type=float, help="seconds per run attempt (default: none)")
+  parser.add_argument("--only", help="comma-separated run names: run only these now (e.g. the "
+                                     "runs one claim needs, over every seed, first)")
   return parser.parse_args(argv[1:])
 
 
@@ -595,7 +604,8 @@ def main(args: argparse.Namespace) -> None:
   for run in sweep.runs:  # reject a bad override or config before training anything
     build_config(config_args(run, overrides))
   try:
-    run_sweep(sweep, args.sweep_dir, overrides=overrides, timeout=args.timeout)
+    run_sweep(sweep, args.sweep_dir, overrides=overrides, timeout=args.timeout,
+              only=args.only.split(",") if args.only else None)
   except KeyboardInterrupt:
     logging.warning("interrupted; rerun the same command to resume")
     sys.exit(130)

@@ -245,3 +245,25 @@ def test_results_figures_contrast_runs_over_the_seeds_both_finished():
   assert random["mean"] == pytest.approx(0.015)
   assert random["ci95"] == pytest.approx(12.706 * 0.0070711 / 2 ** 0.5, rel=1e-3)
   assert by_pair[("toe", "dense", "top1")]["pairs"] == 0
+
+
+def test_only_runs_the_named_runs_and_tabulates_every_run(tmp_path, monkeypatch):
+  loaded = sweep.load_sweep(write_sweep(tmp_path / "three.py", repr([
+      {"name": "dense"}, {"name": "6-55-11", "overrides": ROUTED},
+      {"name": "6-45-11", "overrides": {**ROUTED, "routing.drop_ratios": (0.45,)}},
+  ]), "SEEDS = (0, 1)\n"))
+  trained = []
+
+  def fake_run_one(run, run_dir, **kwargs):
+    trained.append(run.dir_name)
+    Path(run_dir).mkdir(parents=True)
+    (Path(run_dir) / sweep.DONE_FILE).write_text(json.dumps({"config_args": []}))
+    return {"status": "done", "wall_time_s": 0.0, "error": ""}
+
+  monkeypatch.setattr(sweep, "run_one", fake_run_one)
+  rows = sweep.run_sweep(loaded, tmp_path / "out", only=["6-55-11", "dense"])
+  assert trained == ["dense_seed0", "6-55-11_seed0", "dense_seed1", "6-55-11_seed1"]
+  assert [(r["name"], r["status"]) for r in rows if r["seed"] == 0] == [
+      ("dense", "done"), ("6-55-11", "done"), ("6-45-11", "pending")]
+  with pytest.raises(ValueError, match=r"--only: no run named \['6-50-11'\]"):
+    sweep.run_sweep(loaded, tmp_path / "out", only=["6-50-11"])
