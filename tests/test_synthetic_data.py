@@ -49,9 +49,9 @@ def test_render_example_shapes_dtypes_and_determinism(size):
 def test_mask_is_exactly_the_flat_coloured_object(size):
   for index in range(60):
     image, mask, label = _render(1, index, size)
-    alone, alone_mask, alone_label = _render(1, index, size, clutter=False)
+    alone, alone_mask, alone_label = _render(1, index, size, ground=False)
     on = mask.astype(bool)
-    # The same draws without clutter give the same object, and nothing but the object.
+    # The same draws without the ground give the same object, and nothing but the object.
     assert alone_label == label
     np.testing.assert_array_equal(alone_mask, mask)
     np.testing.assert_array_equal(alone.any(axis=-1), on)
