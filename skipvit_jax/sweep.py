@@ -160,12 +160,13 @@ def format_value(value: Any) -> str:
 def config_args(run: Run, overrides: Mapping[str, Any] | None = None) -> list[str]:
   """main.py's config flags for `run`: --config=BASE, the seed, its overrides, then `overrides`.
 
-  One flag per field: config flags concatenate repeated tuple flags instead of replacing."""
+  BASE stays relative to the repository root, where the trainer runs, so that a finished run's
+  recorded flags (done.json) match in any checkout. One flag per field: config flags
+  concatenate repeated tuple flags instead of replacing."""
   if "seed" in (overrides or {}):
     raise ValueError("override seed: use the sweep's SEEDS or --seeds")
   merged = {"seed": run.seed, **run.overrides, **(overrides or {})}
-  path, sep, arg = run.base.partition(":")
-  return [f"--config={REPO / path}{sep}{arg}",
+  return [f"--config={run.base}",
           *(f"--config.{field}={format_value(value)}" for field, value in merged.items())]
 
 
@@ -173,7 +174,9 @@ def build_config(args: Sequence[str]) -> ml_collections.ConfigDict:
   """The config main.py builds from these flags, parsed the same way (ml_collections config
   flags), without training: an unknown field or a badly typed value raises here."""
   _ensure_repo_importable()
-  argv = [str(MAIN), *args]
+  # The config file is relative to the repository root, which need not be this process's cwd.
+  argv = [str(MAIN), *(f"--config={REPO / arg.partition('=')[2]}" if arg.startswith("--config=")
+                       else arg for arg in args)]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
