@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.attention = "auto"  # attention implementation (skipvit_jax/attention.py)
   config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
   config.model.remat = False  # recompute each block's activations in the backward pass
+  config.model.gelu = "auto"  # "tanh", "exact" (erf: timm/DeiT), "auto": init_from's, else tanh
 
   # SkipViT routing (skipvit_jax/routing.py); 1-based layers as in the paper. No drop layers
   # = a dense ViT.
@@ -64,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   # "fashion_mnist"'s four idx files (`apt-get install dataset-fashion-mnist` puts them here):
   config.data.source_dir = "/usr/share/datasets/fashion-mnist"  # read once, when preparing
   config.data.image_size = 224  # model input side in pixels
+  # Input normalisation: "minus_one_to_one" (vision_transformer and big_vision checkpoints),
+  # "imagenet" (mean/std: timm and DeiT checkpoints); see skipvit_jax/pretrained.py.
+  config.data.normalization = "dataset"  # the dataset's: [-1, 1] synthetic/Fashion, else imagenet
   config.data.train_split = "train"  # TFDS split names
   config.data.eval_split = "validation"  # (the synthetic dataset's are "train" and "test")
   config.data.num_threads = 8  # loader threads per host
@@ -103,5 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1.0  # evaluation cadence (and always at the end)
   config.checkpoint_every_steps = 1000  # checkpoint cadence (and always at the end)
   config.keep_checkpoints = 3  # checkpoints kept in workdir/checkpoints
+  # Pretrained weights to start from (skipvit_jax/pretrained.py: vision_transformer or big_vision
+  # .npz, timm .safetensors/.pth, a skipvit_jax workdir); used only when the workdir has no
+  # checkpoint yet (resuming always wins).
+  config.init_from = ""  # "": from scratch
   config.stop_after_step = -1  # >= 0: checkpoint and stop there, as if pre-empted
   return config

@@ -23,11 +23,11 @@ import ml_collections
 import optax
 from absl import logging
 
-from skipvit_jax import (checkpointing, distributed, evaluate, flops, optim, parallel, schedule,
-                         training_step)
+from skipvit_jax import (checkpointing, distributed, evaluate, flops, optim, parallel,
+                         pretrained, schedule, training_step)
 from skipvit_jax.data import pipeline, randaugment
 from skipvit_jax.metric_writer import MetricWriter
-from skipvit_jax.models.vit import ViT
+from skipvit_jax.models.vit import GELUS, ViT
 from skipvit_jax.routing import RoutingConfig
 
 AXIS = parallel.AXIS
@@ -42,10 +42,27 @@ class NonFiniteError(FloatingPointError):
 # Configuration checks: everything here runs before any compilation.
 
 
+def resolve_choices(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with its "auto" choices made, as the run's config.json records them:
+  config.model.gelu "auto" becomes the GELU of config.init_from's checkpoint family (tanh
+  without one)."""
+  if config.init_from and not os.path.exists(config.init_from):
+    raise ValueError(f"config.init_from: no checkpoint at {config.init_from!r} (a .npz, "
+                     ".safetensors or .pth file, or a skipvit_jax workdir)")
+  if config.model.gelu not in ("auto", *GELUS):
+    raise ValueError(f"config.model.gelu: must be 'auto' or one of {GELUS}, got "
+                     f"{config.model.gelu!r}")
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.model.gelu = pretrained.gelu_for(config.model.gelu, config.init_from)
+  return resolved
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 routing: RoutingConfig | None = None) -> ViT:
   if config.model.dtype not in DTYPES:
     raise ValueError(f"config.model.dtype: must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
+  # Configs written before the GELU was a choice ran the tanh approximation.
+  gelu = pretrained.gelu_for(config.model.get("gelu", "tanh"), config.get("init_from", ""))
   return ViT(
       variant=config.model.variant,
       num_classes=num_classes,
@@ -56,6 +73,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
       attention=config.model.attention,
       dtype=DTYPES[config.model.dtype],
       remat=config.model.remat,
+      gelu=gelu,
   )
 
 
@@ -223,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   distributed.use_cpu_devices(config.num_cpu_devices)
   distributed.maybe_initialize()
   # ---- everything that can reject the config, before compiling anything
+  config = resolve_choices(config)
   check_batch_sizes(config)
   check_recipe(config)
   sources = pipeline.load_sources(config.data)
@@ -260,7 +279,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   restored = checkpoints.restore_latest(jax.device_get(state))
   if restored is not None:
     state = restored
-    logging.info("resumed from the checkpoint at step %d", int(state.step))
+    logging.info("resumed from the checkpoint at step %d%s", int(state.step),
+                 " (config.init_from is not used when resuming)" if config.init_from else "")
+  elif config.init_from:
+    params = pretrained.load(config.init_from, model)  # logs what it resized or re-initialised
+    state = state.replace(params=params,
+                          ema_params=params if state.ema_params is not None else None)
+    logging.info("initialised the parameters from %s", config.init_from)
   start_step = int(state.step)
   state = parallel.replicate(state)
 

@@ -30,6 +30,13 @@ SYNTHETIC = "synthetic"
 FASHION_MNIST = "fashion_mnist"
 # Where the synthetic dataset and Fashion-MNIST are prepared when config.data.data_dir is empty.
 DATA_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "skipvit_jax", "datasets")
+# config.data.normalization -> the (mean, std) in 0..255 that inputs are normalised with; "dataset"
+# takes the dataset's own (DatasetInfo.normalization). Pretrained checkpoints expect their
+# family's: vision_transformer and big_vision [-1, 1], timm and DeiT ImageNet's mean and std.
+NORMALIZATIONS = {
+    "minus_one_to_one": (transforms.HALF, transforms.HALF),
+    "imagenet": (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,16 +47,17 @@ class DatasetInfo:
   num_eval: int
   has_object_masks: bool  # examples carry "mask": the object's (H, W) pixel mask
   # Stored at the training resolution (the synthetic data, Fashion-MNIST): flipped, never
-  # cropped, so the masks stay aligned; pixels mapped to [-1, 1]. Otherwise ImageNet-style:
-  # random-resized crop / centre crop, ImageNet mean and std.
+  # cropped, so the masks stay aligned; pixels mapped to [-1, 1] unless `normalization` says
+  # otherwise. Otherwise ImageNet-style: random-resized crop / centre crop, ImageNet mean and std.
   fixed_size: bool = False
+  normalization: str = "dataset"  # a key of NORMALIZATIONS, or "dataset" (the above)
 
   @property
   def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) in 0..255 that normalisation subtracts and divides by."""
-    if self.fixed_size:
-      return transforms.HALF, transforms.HALF
-    return transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
+    if self.normalization != "dataset":
+      return NORMALIZATIONS[self.normalization]
+    return NORMALIZATIONS["minus_one_to_one" if self.fixed_size else "imagenet"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,16 @@ class Sources:
 
 def load_sources(data_config) -> Sources:
   """Opens the configured dataset; raises ValueError naming the field if it is unavailable."""
+  normalization = data_config.get("normalization", "dataset")
+  if normalization != "dataset" and normalization not in NORMALIZATIONS:
+    raise ValueError(f"config.data.normalization: must be 'dataset' or one of "
+                     f"{sorted(NORMALIZATIONS)}, got {normalization!r}")
+  sources = _open_sources(data_config)
+  return dataclasses.replace(
+      sources, info=dataclasses.replace(sources.info, normalization=normalization))
+
+
+def _open_sources(data_config) -> Sources:
   if data_config.name == SYNTHETIC:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from skipvit_jax.data import synthetic  # pylint: disable=g-import-not-at-top

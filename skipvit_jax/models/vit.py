@@ -100,10 +100,16 @@ class MultiHeadAttention(nn.Module):
     return probs.mean(axis=1)[:, 1:]
 
 
+# The GELU each checkpoint family was trained with: vision_transformer and big_vision use
+# flax's default, the tanh approximation; timm and DeiT use PyTorch's exact (erf) form.
+GELUS = ("tanh", "exact")
+
+
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  gelu: str = "tanh"
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -113,7 +119,7 @@ class MlpBlock(nn.Module):
         bias_init=nn.initializers.normal(stddev=1e-6),
     )
     width = x.shape[-1]
-    y = nn.gelu(dense(self.mlp_dim)(x))
+    y = nn.gelu(dense(self.mlp_dim)(x), approximate=self.gelu == "tanh")
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = dense(width)(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -128,6 +134,7 @@ class EncoderBlock(nn.Module):
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  gelu: str = "tanh"
 
   @nn.compact
   def __call__(
@@ -162,7 +169,8 @@ class EncoderBlock(nn.Module):
       x, split = routing.route(x, scores, stage, self.routing_config)
 
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_2")(x)
-    y = MlpBlock(self.dims.mlp_dim, self.dropout_rate, self.dtype, name="MlpBlock_3")(y, train=train)
+    y = MlpBlock(self.dims.mlp_dim, self.dropout_rate, self.dtype, self.gelu,
+                 name="MlpBlock_3")(y, train=train)
     x = x + drop_path(y, deterministic=not train)
     return x, split, result.probs
 
@@ -196,6 +204,7 @@ class Encoder(nn.Module):
   stochastic_depth: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  gelu: str = "tanh"
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool, capture_attention: bool) -> tuple[Array, dict]:
@@ -234,7 +243,7 @@ class Encoder(nn.Module):
       stage = plan.stage_at(layer)
       x, split, probs = block(
           self.dims, config, self.attention_implementation, self.dropout_rate, rate, self.dtype,
-          name=f"encoderblock_{index}",
+          self.gelu, name=f"encoderblock_{index}",
       )(x, train, stage, capture_attention)
       attention_maps.append(probs)
 
@@ -283,6 +292,8 @@ class ViT(nn.Module):
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32, logits float32.
     remat: recompute each block's activations in the backward pass instead of storing them
       (less memory for about one more forward pass of compute; the same values).
+    gelu: the MLP's GELU, "tanh" (the approximation vision_transformer and big_vision
+      checkpoints were trained with) or "exact" (erf, timm's and DeiT's).
 
   aux:
     "routing": per drop layer, in layer order, a dict with
@@ -307,6 +318,7 @@ class ViT(nn.Module):
   attention: str = "auto"
   dtype: Any = jnp.float32
   remat: bool = False
+  gelu: str = "tanh"
 
   def __post_init__(self):
     # Fail on bad configuration at construction, long before anything is traced.
@@ -322,6 +334,8 @@ class ViT(nn.Module):
       if not 0.0 <= getattr(self, field) < 1.0:
         raise ValueError(f"{field}: must be in [0, 1), got {getattr(self, field)}")
     attention.check_implementation(self.attention)
+    if self.gelu not in GELUS:
+      raise ValueError(f"gelu: must be one of {GELUS}, got {self.gelu!r}")
     if self.toe is not None:
       if not self.toe.active:
         raise ValueError("toe: pass None instead of an inactive ToE plan")
@@ -370,7 +384,7 @@ class ViT(nn.Module):
 
     x, aux = Encoder(
         dims, self.routing, self.toe, self.attention, self.dropout_rate, self.stochastic_depth,
-        self.dtype, self.remat, name="Transformer",
+        self.dtype, self.remat, self.gelu, name="Transformer",
     )(x, train=train, capture_attention=capture_attention)
     logits = nn.Dense(
         self.num_classes, kernel_init=nn.initializers.zeros, dtype=jnp.float32, name="head"
