@@ -347,10 +347,11 @@ def _fit(flat: Flat, model: ViT, source: str) -> Flat:
     logging.info("%s: re-initialised the head to zero (%s)", source, reason)
 
   shapes = {name: tuple(value.shape) for name, value in flat.items()}
-  wrong = [f"{n} {shapes[n]} (model: {expected[n]})" for n in expected
+  names = sorted(expected, key=_reading_order)
+  wrong = [f"{n} {shapes[n]} (model: {expected[n]})" for n in names
            if n in shapes and shapes[n] != expected[n]]
-  missing = [n for n in expected if n not in shapes]
-  extra = [n for n in shapes if n not in expected]
+  missing = [n for n in names if n not in shapes]
+  extra = sorted((n for n in shapes if n not in expected), key=_reading_order)
   if wrong or missing or extra:
     dims = model.dims
     problems = [f"{label}: {', '.join(items[:_MISMATCHES_SHOWN])}"
@@ -361,6 +362,16 @@ def _fit(flat: Flat, model: ViT, source: str) -> Flat:
         f"{source} does not fit ViT({model.variant!r}) (width {dims.width}, depth {dims.depth}, "
         f"{dims.num_heads} heads, patch {dims.patch_size}): " + "; ".join(problems))
   return {name: np.asarray(value, np.float32) for name, value in flat.items()}
+
+
+_FIRST = ("embedding/kernel", "embedding/bias", "cls", POS_EMBEDDING)
+
+
+def _reading_order(name: str) -> tuple:
+  """The patch embedding and [CLS] first (they show width and patch size), blocks by number."""
+  block = re.match(r"Transformer/encoderblock_(\d+)/", name)
+  return (_FIRST.index(name) if name in _FIRST else len(_FIRST),
+          int(block[1]) if block else -1, name)
 
 
 def load(path: str | Path, model: ViT) -> dict:

@@ -17,6 +17,8 @@ RUNNABLE = [
     ("vit_s16_imagenet", None), ("toe_deit_s_imagenet", None),
     ("toe_deit_s_imagenet", "deit_t"), ("toe_deit_s_imagenet", "skipvit"),
     *[("skipvit_s16_imagenet", f"row={row}") for row in skipvit_s16_imagenet.ROWS],
+    ("fashion_mnist", None), ("fashion_mnist", "row=6-55-11"), ("fashion_mnist", "toe"),
+    ("finetune", None), ("finetune", "toe"),
 ]
 
 
