@@ -4,13 +4,17 @@
   python main.py --config configs/default.py:baseline --workdir /tmp/dense
   python main.py --config configs/default.py --config.routing.drop_ratios='(0.5,)' --workdir ...
 
-Rerunning with the same --workdir resumes from its latest checkpoint.
+Rerunning with the same --workdir resumes from its latest checkpoint. Exit status: 0 when the
+run finished (or stopped at config.stop_after_step), 143 when SIGTERM stopped it after writing a
+checkpoint (skipvit_jax/stopping.py), 1 on an error.
 """
+
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from skipvit_jax import train
+from skipvit_jax import stopping, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
@@ -20,7 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if result.preempted:  # SIGTERM: checkpointed; the same command resumes
+    sys.exit(stopping.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

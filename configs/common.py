@@ -112,4 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
   # checkpoint yet (resuming always wins).
   config.init_from = ""  # "": from scratch
   config.stop_after_step = -1  # >= 0: checkpoint and stop there, as if pre-empted
+  # Resuming with other model, routing, ToE, data or batch settings than the workdir's run is
+  # an error listing the fields, unless this allows it (a deliberate change mid-run).
+  config.allow_resume_with_changes = False  # True: resume anyway
   return config

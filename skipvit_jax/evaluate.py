@@ -10,7 +10,8 @@ random scores the keep ratio K / P; a model that learned where the object is sco
 
 from __future__ import annotations
 
-from typing import Iterable
+import functools
+from typing import Callable, Iterable
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,8 @@ import numpy as np
 import optax
 
 from skipvit_jax import parallel
+from skipvit_jax.data import pipeline
+from skipvit_jax.routing import RoutingConfig
 
 AXIS = parallel.AXIS
 
@@ -82,10 +85,68 @@ def summarize(sums: dict, *, keep_ratios: tuple[float, ...] = ()) -> dict[str, f
   return out
 
 
-def accumulate(step_fn, params, batches: Iterable[dict]) -> dict:
-  """Runs a pmapped eval step over sharded batches and adds the (replicated) sums."""
+def accumulate(step_fn, params, batches: Iterable[dict],
+               should_stop: Callable[[], bool] = lambda: False) -> dict | None:
+  """Runs a pmapped eval step over sharded batches and adds the (replicated) sums; None when
+  `should_stop()`, asked after each batch, turns true."""
   total = None
   for batch in batches:
     sums = jax.tree.map(lambda x: x.astype(np.float64), parallel.unreplicate(step_fn(params, batch)))
     total = sums if total is None else jax.tree.map(np.add, total, sums)
+    if should_stop():
+      return None
   return total
+
+
+class Evaluator:
+  """Evaluates a run's state on its eval split: with the model's training routing (and the
+  current ToE stage when `sparse_toe`), with all tokens when that differs, and the parameter
+  EMA when the state keeps one. One compiled step per (routing, ToE, recall) variant.
+
+  Metric names: eval/<metric> (training routing), eval/<metric>_all_tokens, eval_ema/<metric>;
+  kept-object recall where the dataset has object masks and the model routes.
+  """
+
+  def __init__(self, *, model, sources, global_batch: int, num_threads: int,
+               sparse_toe: bool = False):
+    self._model = model
+    self._dense = model.clone(routing=RoutingConfig(), toe=None)
+    self._sources = sources
+    self._global_batch = global_batch
+    self._num_threads = num_threads
+    self._sparse_toe = sparse_toe
+    self._steps: dict[tuple, object] = {}
+
+  def _step(self, model, with_recall: bool):
+    key = (model.routing, model.toe, with_recall)
+    if key not in self._steps:
+      self._steps[key] = jax.pmap(
+          functools.partial(eval_step, model=model, with_recall=with_recall), axis_name=AXIS)
+    return self._steps[key]
+
+  def __call__(self, state, toe, should_stop=lambda: False) -> dict[str, float] | None:
+    """Metrics of `state` (replicated), or None when `should_stop()` became true between
+    batches. `toe`: the ToE plan of the phase just trained (used with `sparse_toe`)."""
+    model = self._model.clone(toe=toe if self._sparse_toe else None)
+    info = self._sources.info
+    keep_ratios = tuple(s.num_keep / model.num_patches for s in model.routing_plan.stages)
+    with_recall = info.has_object_masks and model.routing.routes
+    # (metric name prefix, suffix, model, parameters, kept-object recall)
+    variants = [("eval/", "", model, state.params, with_recall)]
+    if model.routing.routes or model.toe is not None:
+      variants.append(("eval/", "_all_tokens", self._dense, state.params, False))
+    if state.ema_params is not None:
+      variants.append(("eval_ema/", "", model, state.ema_params, with_recall))
+    results = {}
+    for prefix, suffix, variant_model, params, recall in variants:
+      batches = pipeline.eval_batches(
+          self._sources.eval, info, global_batch=self._global_batch,
+          image_size=model.image_size, process_index=jax.process_index(),
+          process_count=jax.process_count(), num_threads=self._num_threads)
+      sums = accumulate(self._step(variant_model, recall), params,
+                        map(parallel.shard, batches), should_stop)
+      if sums is None:
+        return None
+      summary = summarize(sums, keep_ratios=keep_ratios if recall else ())
+      results.update({f"{prefix}{k}{suffix}": v for k, v in summary.items()})
+    return results

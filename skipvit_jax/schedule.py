@@ -11,6 +11,7 @@ phase from its step alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from skipvit_jax import toe as toe_lib
 from skipvit_jax.routing import RoutingConfig
@@ -20,7 +21,7 @@ from skipvit_jax.routing import RoutingConfig
 class ToESchedule:
   """ToE's stage schedule (see skipvit_jax/toe.py); epochs are 0-based."""
 
-  expansion_epochs: tuple[int, ...]  # epoch at which each stage starts
+  expansion_epochs: tuple[float, ...]  # epoch at which each stage starts (may be fractional)
   keep_rates: tuple[float, ...]  # kept fraction of patch tokens per stage
   init_rate: float  # seed rate r0
   substeps: int  # expansion sub-steps per stage
@@ -65,14 +66,15 @@ def make_phases(
   warmup_end = drop_warmup_steps if routing.routes else 0
   starts = {0, warmup_end}
   if toe is not None:
-    starts |= {epoch * steps_per_epoch for epoch in toe.expansion_epochs}
+    # A stage starting mid-epoch (fine-tuning schedules) starts at the first step at or after it.
+    starts |= {math.ceil(epoch * steps_per_epoch - 1e-9) for epoch in toe.expansion_epochs}
   starts = sorted(s for s in starts if s < total_steps)
 
   phases: list[Phase] = []
   for start, end in zip(starts, starts[1:] + [total_steps]):
     warming_up = start < warmup_end
     phase_routing = RoutingConfig() if warming_up else routing
-    epoch = start // steps_per_epoch
+    epoch = start / steps_per_epoch
     plan = toe.plan(num_patches, epoch) if toe is not None else None
     parts = [f"toe_stage{toe_lib.stage_at(toe.expansion_epochs, epoch)}"] if toe is not None else []
     if routing.routes:

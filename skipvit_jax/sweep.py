@@ -69,13 +69,15 @@ from absl import app, flags, logging
 from absl.flags import argparse_flags
 from ml_collections import config_flags
 
+from skipvit_jax import stopping
+
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "main.py"
 RUN_FILE = "sweep_run.json"
 DONE_FILE = "done.json"
 LOG_FILE = "sweep_log.txt"
 ERROR_LINES = 20  # log lines kept as a failed run's error
-TERMINATE_GRACE_S = 120.0  # after SIGTERM, time to write a checkpoint before SIGKILL
+TERMINATE_GRACE_S = 120.0  # default --grace_period: after SIGTERM, time to checkpoint
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _RUN_KEYS = {"name", "overrides", "base", "seeds"}
 
@@ -208,11 +210,11 @@ def _write_json(path: Path, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def _stop(process: subprocess.Popen) -> None:
-  """SIGTERM (the trainer checkpoints and returns), then SIGKILL after a grace period."""
+def _stop(process: subprocess.Popen, grace: float) -> None:
+  """SIGTERM (the trainer checkpoints and returns), then SIGKILL after `grace` seconds."""
   process.terminate()
   try:
-    process.wait(TERMINATE_GRACE_S)
+    process.wait(grace)
   except subprocess.TimeoutExpired:
     process.kill()
     process.wait()
@@ -227,7 +229,8 @@ def _log_tail(path: Path, offset: int, lines: int = ERROR_LINES) -> str:
 
 
 def run_one(run: Run, run_dir: str | os.PathLike, *, overrides: Mapping[str, Any] | None = None,
-            timeout: float | None = None, env: Mapping[str, str] | None = None) -> dict:
+            timeout: float | None = None, env: Mapping[str, str] | None = None,
+            grace: float = TERMINATE_GRACE_S) -> dict:
   """Trains `run` in `run_dir` once (resuming whatever is there); returns its sweep_run.json.
 
   Wall time is measured around the subprocess and added to the run's total even when the
@@ -252,14 +255,14 @@ def run_one(run: Run, run_dir: str | os.PathLike, *, overrides: Mapping[str, Any
       try:
         returncode, timed_out = process.wait(timeout), False
       except subprocess.TimeoutExpired:
-        _stop(process)
+        _stop(process, grace)
         returncode, timed_out = process.returncode, True
       except BaseException:
-        _stop(process)
+        _stop(process, grace)
         raise
-      if returncode == 0 and not timed_out:
-        # Exit status 0 also follows a SIGTERM from a scheduler (the trainer checkpoints and
-        # stops); only the trainer's own completion record means the run is over.
+      if returncode in (0, stopping.EXIT_PREEMPTED) and not timed_out:
+        # EXIT_PREEMPTED: a SIGTERM from a scheduler (the trainer checkpointed and stopped);
+        # only the trainer's own completion record means the run is over.
         state["status"] = "done" if _trainer_finished(run_dir) else "incomplete"
       else:
         reason = f"timed out after {timeout:g} s" if timed_out else f"exit status {returncode}"
@@ -275,8 +278,8 @@ def run_one(run: Run, run_dir: str | os.PathLike, *, overrides: Mapping[str, Any
 
 def run_sweep(sweep: Sweep, sweep_dir: str | os.PathLike, *,
               overrides: Mapping[str, Any] | None = None, timeout: float | None = None,
-              env: Mapping[str, str] | None = None,
-              only: Collection[str] | None = None) -> list[dict]:
+              env: Mapping[str, str] | None = None, only: Collection[str] | None = None,
+              grace: float = TERMINATE_GRACE_S) -> list[dict]:
   """Runs every unfinished run of `sweep` in turn (with `only`, those of these names), rewriting
   the results files, which list every run, after each; returns the result rows."""
   sweep_dir = Path(sweep_dir)
@@ -296,7 +299,7 @@ def run_sweep(sweep: Sweep, sweep_dir: str | os.PathLike, *,
     logging.info("[%d/%d] %s: running, log in %s", i, len(sweep.runs), run.dir_name,
                  run_dir / LOG_FILE)
     try:
-      state = run_one(run, run_dir, overrides=overrides, timeout=timeout, env=env)
+      state = run_one(run, run_dir, overrides=overrides, timeout=timeout, env=env, grace=grace)
     finally:  # an interrupted sweep still leaves its tables
       write_results(sweep, sweep_dir, overrides)
     logging.info("[%d/%d] %s: %s after %s%s", i, len(sweep.runs), run.dir_name, state["status"],
@@ -578,6 +581,9 @@ def _parse_flags(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                       help="config override for every run (repeatable), e.g. data.data_dir=/x")
   parser.add_argument("--timeout", type=float, help="seconds per run attempt (default: none)")
+  parser.add_argument("--grace_period", type=float, default=TERMINATE_GRACE_S,
+                      help="seconds a stopped run (timeout, Ctrl-C, SIGTERM) gets to write its "
+                           "checkpoint after SIGTERM before it is killed")
   parser.add_argument("--only", help="comma-separated run names: run only these now (e.g. the "
                                      "runs one claim needs, over every seed, first)")
   return parser.parse_args(argv[1:])
@@ -608,7 +614,7 @@ def main(args: argparse.Namespace) -> None:
     build_config(config_args(run, overrides))
   try:
     run_sweep(sweep, args.sweep_dir, overrides=overrides, timeout=args.timeout,
-              only=args.only.split(",") if args.only else None)
+              only=args.only.split(",") if args.only else None, grace=args.grace_period)
   except KeyboardInterrupt:
     logging.warning("interrupted; rerun the same command to resume")
     sys.exit(130)

@@ -5,33 +5,39 @@ every device of every host). Each training phase (see schedule.py) is one compil
 compiled when the phase is first reached. The RNG of step s is `fold_in(key(seed), s)`
 (training_step.py) and the data order is a function of (seed, step) (data/pipeline.py), so
 restoring the step from a checkpoint restores the RNG and the data position with it.
+
+Nothing is lost but the steps since the last checkpoint: SIGTERM checkpoints the last completed
+step and returns with `preempted` set (main.py then exits with stopping.EXIT_PREEMPTED); a kill
+leaves the previous checkpoints intact (checkpointing.py); a non-finite loss stops the run with
+the last finite state checkpointed. Rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
-import signal
-import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 
 from skipvit_jax import (checkpointing, distributed, evaluate, flops, optim, parallel,
-                         pretrained, schedule, training_step)
-from skipvit_jax.data import pipeline, randaugment
+                         pretrained, schedule, stopping, training_step, validation)
+from skipvit_jax.data import pipeline
 from skipvit_jax.metric_writer import MetricWriter
-from skipvit_jax.models.vit import GELUS, ViT
+from skipvit_jax.models.vit import ViT
 from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.throughput import ThroughputMeter
+# The config -> model and schedule builders, here where the trainer's users look for them.
+from skipvit_jax.validation import build_model, routing_config, toe_schedule  # pylint: disable=unused-import
 
 AXIS = parallel.AXIS
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class NonFiniteError(FloatingPointError):
@@ -39,111 +45,7 @@ class NonFiniteError(FloatingPointError):
 
 
 # --------------------------------------------------------------------------------------------
-# Configuration checks: everything here runs before any compilation.
-
-
-def resolve_choices(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of `config` with its "auto" choices made, as the run's config.json records them:
-  config.model.gelu "auto" becomes the GELU of config.init_from's checkpoint family (tanh
-  without one)."""
-  if config.init_from and not os.path.exists(config.init_from):
-    raise ValueError(f"config.init_from: no checkpoint at {config.init_from!r} (a .npz, "
-                     ".safetensors or .pth file, or a skipvit_jax workdir)")
-  if config.model.gelu not in ("auto", *GELUS):
-    raise ValueError(f"config.model.gelu: must be 'auto' or one of {GELUS}, got "
-                     f"{config.model.gelu!r}")
-  resolved = ml_collections.ConfigDict(config.to_dict())
-  resolved.model.gelu = pretrained.gelu_for(config.model.gelu, config.init_from)
-  return resolved
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int,
-                routing: RoutingConfig | None = None) -> ViT:
-  if config.model.dtype not in DTYPES:
-    raise ValueError(f"config.model.dtype: must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
-  # Configs written before the GELU was a choice ran the tanh approximation.
-  gelu = pretrained.gelu_for(config.model.get("gelu", "tanh"), config.get("init_from", ""))
-  return ViT(
-      variant=config.model.variant,
-      num_classes=num_classes,
-      image_size=config.data.image_size,
-      dropout_rate=config.model.dropout_rate,
-      stochastic_depth=config.model.stochastic_depth,
-      routing=routing if routing is not None else routing_config(config),
-      attention=config.model.attention,
-      dtype=DTYPES[config.model.dtype],
-      remat=config.model.remat,
-      gelu=gelu,
-  )
-
-
-def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
-  r = config.routing
-  return RoutingConfig(
-      drop_layers=tuple(r.drop_layers), drop_ratios=tuple(r.drop_ratios),
-      return_layer=r.return_layer if r.return_layer else None, mode=r.mode,
-      drop_point=r.drop_point, ratio_of=r.ratio_of, fuse_normalize=r.fuse_normalize,
-      score=r.score,
-  )
-
-
-def toe_schedule(config: ml_collections.ConfigDict, num_patches: int) -> schedule.ToESchedule | None:
-  """The configured ToE schedule (validated), or None."""
-  if not config.toe.enabled:
-    return None
-  t = config.toe
-  toe = schedule.ToESchedule(
-      expansion_epochs=tuple(t.expansion_epochs), keep_rates=tuple(t.keep_rates),
-      init_rate=t.init_rate, substeps=t.substeps,
-  )
-  try:
-    toe.plan(num_patches, epoch=0)
-  except ValueError as e:
-    raise ValueError(f"config.toe.{e}") from None
-  return toe
-
-
-def check_batch_sizes(config: ml_collections.ConfigDict) -> None:
-  devices = jax.device_count()
-  for field in ("batch_size", "eval_batch_size"):
-    size = config[field]
-    if size < 1 or size % devices:
-      raise ValueError(
-          f"config.{field}: must be a positive multiple of the {devices} devices "
-          f"({jax.process_count()} processes x {jax.local_device_count()} local), got {size}"
-      )
-  accum = config.grad_accum_steps
-  if accum < 1 or config.batch_size % (devices * accum):
-    raise ValueError(
-        f"config.grad_accum_steps: must be >= 1 and divide the per-device batch "
-        f"{config.batch_size} / {devices} into equal micro-batches, got {accum}"
-    )
-  repeats = config.data.repeated_augmentations
-  if repeats < 1 or config.batch_size % repeats:
-    raise ValueError(
-        f"config.data.repeated_augmentations: must be >= 1 and divide config.batch_size "
-        f"{config.batch_size}, got {repeats}"
-    )
-
-
-def check_recipe(config: ml_collections.ConfigDict) -> None:
-  """The regularisation fields: values in range, augmentation specs that parse."""
-  if not 0.0 <= config.ema_decay < 1.0:
-    raise ValueError(f"config.ema_decay: must be in [0, 1) (0 = no EMA), got {config.ema_decay}")
-  if not 0.0 <= config.data.random_erase <= 1.0:
-    raise ValueError(f"config.data.random_erase: a probability in [0, 1], got "
-                     f"{config.data.random_erase}")
-  if config.data.rand_augment:
-    try:
-      randaugment.parse_rand_augment(config.data.rand_augment)
-    except ValueError as e:
-      raise ValueError(f"config.data.rand_augment: {e}") from None
-
-
-def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  return max(int(round(config.num_epochs * steps_per_epoch)), 1)
+# The run's plan: model, phases and optimizer, from a validated config.
 
 
 def training_phases(config: ml_collections.ConfigDict, model: ViT, steps_per_epoch: int,
@@ -193,37 +95,191 @@ def initial_state(config: ml_collections.ConfigDict, model: ViT,
                                   config.seed, ema=config.ema_decay > 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """Everything about a run that the config and the dataset decide, before any compilation."""
+  model: ViT  # with the config's routing, without ToE (what evaluation runs)
+  steps_per_epoch: int
+  total_steps: int
+  phases: tuple[schedule.Phase, ...]
+  optimizer: optax.GradientTransformation
+  learning_rate: optax.Schedule
+
+  @classmethod
+  def build(cls, config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> "RunPlan":
+    model = build_model(config, info.num_classes)
+    steps_per_epoch, total_steps, phases = validation.check_run_length(config, model,
+                                                                       info.num_train)
+    optimizer, learning_rate = make_optimizer(config, steps_per_epoch, total_steps)
+    return cls(model, steps_per_epoch, total_steps, phases, optimizer, learning_rate)
+
+  def log(self, config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> float:
+    """Logs the config, devices, data and each phase's cost; returns the whole-run FLOP-ideal
+    speedup."""
+    model, flop_args = self.model, dict(image_size=self.model.image_size,
+                                        num_classes=self.model.num_classes)
+    run_speedup = flops.schedule_speedup(model.variant, phases=self.phases, **flop_args)
+    logging.info("config:\n%s", config)
+    logging.info("devices: %d (%d per process, %d processes), kind %s", jax.device_count(),
+                 jax.local_device_count(), jax.process_count(), jax.devices()[0].device_kind)
+    logging.info("data: %s, %d train / %d eval examples, %d steps per epoch, %d steps",
+                 info.name, info.num_train, info.num_eval, self.steps_per_epoch, self.total_steps)
+    for phase in self.phases:
+      macs = flops.forward_macs(model.variant, routing=phase.routing, toe=phase.toe, **flop_args)
+      logging.info(
+          "phase %-22s steps %d..%d: %.4f GMACs per image forward, FLOP-ideal speedup %.3fx",
+          phase.name, phase.start_step, phase.end_step - 1, macs.total / 1e9,
+          flops.ideal_speedup(model.variant, routing=phase.routing, toe=phase.toe, **flop_args))
+    logging.info("routing %s; whole-run FLOP-ideal speedup %.3fx", model.routing, run_speedup)
+    return run_speedup
+
+
 # --------------------------------------------------------------------------------------------
-# Host-side helpers.
+# Resuming.
+
+# The fields a resumed run must share with the run that wrote the workdir (config.json): what
+# the parameters, the token layouts and the data order depend on. Where and how fast data is
+# read may change.
+RESUME_FIELDS = ("seed", "model", "routing", "drop_warmup_epochs", "toe", "data", "batch_size",
+                 "grad_accum_steps")
+RESUME_FREE = ("data.data_dir", "data.source_dir", "data.num_threads")
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """"field: saved -> now" for every RESUME_FIELDS leaf that differs."""
+  def leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+      for key, value in tree.items():
+        yield from leaves(value, f"{prefix}{key}.")
+    else:
+      yield prefix[:-1], tree
+
+  now = dict(leaves({k: config.to_dict()[k] for k in RESUME_FIELDS if k in config}))
+  before = dict(leaves({k: saved[k] for k in RESUME_FIELDS if k in saved}))
+  norm = lambda v: list(v) if isinstance(v, tuple) else v  # JSON has lists
+  return [f"{name}: {before.get(name, '(absent)')!r} -> {now.get(name, '(absent)')!r}"
+          for name in sorted(set(now) | set(before))
+          if name not in RESUME_FREE and norm(now.get(name)) != norm(before.get(name))]
+
+
+def restore_or_initialise(config: ml_collections.ConfigDict, plan: RunPlan,
+                          checkpoints: checkpointing.Checkpoints,
+                          workdir: str) -> training_step.TrainState:
+  """The latest restorable checkpoint (its config must match, see RESUME_FIELDS), else the
+  parameters of config.init_from, else fresh ones."""
+  state = initial_state(config, plan.model, plan.optimizer)
+  config_path = os.path.join(workdir, "config.json")
+  if checkpoints.latest_step() is not None and os.path.exists(config_path):
+    with open(config_path, encoding="utf-8") as f:
+      changed = resume_differences(json.load(f), config)
+    if changed and not config.allow_resume_with_changes:
+      raise ValueError(
+          f"config: {workdir} holds a run with other settings than this config's, so resuming "
+          f"it would not continue that run: {'; '.join(changed)}. Use another --workdir, or set "
+          "config.allow_resume_with_changes=True to resume anyway.")
+    if changed:
+      logging.warning("resuming with changed settings (allowed): %s", "; ".join(changed))
+  restored = checkpoints.restore_latest(jax.device_get(state))
+  if restored is not None:
+    if config.init_from:
+      logging.info("resuming, so config.init_from is not used")
+    return restored
+  if config.init_from:
+    params = pretrained.load(config.init_from, plan.model)  # logs what it resized or re-initialised
+    logging.info("initialised the parameters from %s", config.init_from)
+    return state.replace(params=params,
+                         ema_params=params if state.ema_params is not None else None)
+  return state
+
+
+# --------------------------------------------------------------------------------------------
+# The parts of the loop.
+
+
+class PhaseSteps:
+  """One compiled (pmapped) train step per phase layout, compiled when first needed."""
+
+  def __init__(self, config: ml_collections.ConfigDict, plan: RunPlan):
+    self._config, self._plan = config, plan
+    self._steps: dict[tuple, Any] = {}
+
+  def __call__(self, phase: schedule.Phase) -> tuple[Callable, bool]:
+    """(the phase's step, whether this call created it: its first run compiles)."""
+    if phase.key in self._steps:
+      return self._steps[phase.key], False
+    model = self._plan.model.clone(routing=phase.routing, toe=phase.toe)
+    self._steps[phase.key] = jax.pmap(
+        per_device_train_step(self._config, model, self._plan.optimizer, self._plan.learning_rate),
+        axis_name=AXIS, donate_argnums=(0,))
+    return self._steps[phase.key], True
+
+
+class Progress:
+  """The training log: the loss averaged between log lines, throughput, norms. A step's
+  metrics are read one step late, so the host never waits for the device in between."""
+
+  def __init__(self, writer: MetricWriter, meter: ThroughputMeter, *, log_every: int,
+               total_steps: int, steps_per_epoch: int):
+    self._writer, self._meter = writer, meter
+    self._log_every, self._total, self._per_epoch = log_every, total_steps, steps_per_epoch
+    self._pending = None  # (step, metrics) of the last dispatched step
+    self._loss, self._steps = 0.0, 0
+
+  def dispatched(self, step: int, metrics: dict, *, compiled: bool) -> None:
+    """Step `step` was dispatched; with `compiled`, it compiled first: wait, time from now."""
+    self.flush()
+    self._pending = (step, metrics)
+    if compiled:
+      jax.block_until_ready(metrics)
+      logging.info("compiled the train step at step %d", step)
+      self._meter.restart()
+      self.flush(timed=False)
+
+  def flush(self, *, timed: bool = True) -> None:
+    """Reads the pending step's metrics; raises NonFiniteError if it was not applied."""
+    if self._pending is None:
+      return
+    (step, metrics), self._pending = self._pending, None
+    metrics = parallel.unreplicate(metrics)
+    if not metrics["finite"]:
+      raise NonFiniteError(step, float(metrics["loss"]), float(metrics["grad_norm"]))
+    self._meter.step_done(timed=timed)
+    self._loss, self._steps = self._loss + float(metrics["loss"]), self._steps + 1
+    if step % self._log_every and step != self._total:
+      return
+    record = {
+        "train/loss": self._loss / self._steps,
+        "train/learning_rate": float(metrics["learning_rate"]),
+        "train/grad_norm": float(metrics["grad_norm"]),
+        "train/param_norm": float(metrics["param_norm"]),
+        "train/epoch": step / self._per_epoch,
+    }
+    rate = self._meter.window_rate()
+    if rate is not None:
+      record["train/images_per_sec"] = rate
+    eta = _format_duration(self._meter.seconds_for(self._total - step))
+    logging.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  img/s %s  ETA %s", step,
+                 self._total, record["train/epoch"], record["train/loss"],
+                 record["train/learning_rate"], "n/a" if rate is None else f"{rate:.1f}", eta)
+    self._writer.write(step, record)
+    self._loss, self._steps = 0.0, 0
+
+
+class NonFiniteError(FloatingPointError):
+  """A step produced a NaN/inf loss or gradient; the last finite state is checkpointed."""
+
+  def __init__(self, step: int, loss: float, grad_norm: float):
+    self.step = step
+    super().__init__(f"step {step}: loss or gradient is not finite (loss={loss}, "
+                     f"grad_norm={grad_norm}); stopping. Neither this step's update nor a later "
+                     f"one was applied: the checkpoint at step {step - 1} holds the last finite "
+                     "state.")
 
 
 def _format_duration(seconds: float) -> str:
   seconds = int(seconds)
   hours, rest = divmod(seconds, 3600)
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-class _StopRequest:
-  """SIGTERM (pre-emption, `kill`) asks the loop to checkpoint and return at the next step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,223 +290,105 @@ class TrainResult:
   step: int  # the step training stopped at
   eval_metrics: dict[str, float]  # the last evaluation's ("eval/top1", ...)
   params: Any  # this process's final parameters, numpy
+  preempted: bool = False  # stopped by SIGTERM: rerun to resume
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one."""
   distributed.use_cpu_devices(config.num_cpu_devices)
   distributed.maybe_initialize()
-  # ---- everything that can reject the config, before compiling anything
-  config = resolve_choices(config)
-  check_batch_sizes(config)
-  check_recipe(config)
+  config = validation.check_config(config)  # before any data is generated or compiled
   sources = pipeline.load_sources(config.data)
   info = sources.info
-  model = build_model(config, info.num_classes)
-  dense_model = model.clone(routing=RoutingConfig())
-  steps_per_epoch = pipeline.steps_per_epoch(info.num_train, config.batch_size)
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f"config.batch_size: {config.batch_size} exceeds the {info.num_train} training examples"
-    )
-  total_steps = total_train_steps(config, steps_per_epoch)
-  phases = training_phases(config, model, steps_per_epoch, total_steps)
-  phase_models = {p.key: model.clone(routing=p.routing, toe=p.toe) for p in phases}  # validates
-  optimizer, learning_rate = make_optimizer(config, steps_per_epoch, total_steps)
+  plan = RunPlan.build(config, info)  # the run length against the dataset's size
+  run_speedup = plan.log(config, info)
 
-  flop_args = dict(image_size=model.image_size, num_classes=model.num_classes)
-  run_speedup = flops.schedule_speedup(model.variant, phases=phases, **flop_args)
-  logging.info("config:\n%s", config)
-  logging.info("devices: %d (%d per process, %d processes), kind %s", jax.device_count(),
-               jax.local_device_count(), jax.process_count(), jax.devices()[0].device_kind)
-  logging.info("data: %s, %d train / %d eval examples, %d steps per epoch, %d steps",
-               info.name, info.num_train, info.num_eval, steps_per_epoch, total_steps)
-  for phase in phases:
-    macs = flops.forward_macs(model.variant, routing=phase.routing, toe=phase.toe, **flop_args)
-    logging.info(
-        "phase %-22s steps %d..%d: %.4f GMACs per image forward, FLOP-ideal speedup %.3fx",
-        phase.name, phase.start_step, phase.end_step - 1, macs.total / 1e9,
-        flops.ideal_speedup(model.variant, routing=phase.routing, toe=phase.toe, **flop_args))
-  logging.info("routing %s; whole-run FLOP-ideal speedup %.3fx", model.routing, run_speedup)
+  with contextlib.ExitStack() as exits:  # closes checkpoints and metric files on every exit
+    checkpoints = exits.enter_context(checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints))
+    state = restore_or_initialise(config, plan, checkpoints, workdir)
+    start_step = int(state.step)
+    writer = exits.enter_context(contextlib.closing(MetricWriter(workdir)))
+    if jax.process_index() == 0:  # what produced this workdir, for notebooks and sweeps
+      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json(indent=1))
+    if start_step == 0:
+      writer.write_text(0, "config", str(config))
+      writer.write(0, {"flops/ideal_speedup": flops.ideal_speedup(
+          plan.model.variant, routing=plan.model.routing, image_size=plan.model.image_size,
+          num_classes=plan.model.num_classes), "flops/run_ideal_speedup": run_speedup})
+    stop = exits.enter_context(stopping.StopRequest())
+    faults = stopping.FaultInjector()
+    steps = PhaseSteps(config, plan)
+    evaluator = evaluate.Evaluator(model=plan.model, sources=sources,
+                                   global_batch=config.eval_batch_size,
+                                   num_threads=config.data.num_threads,
+                                   sparse_toe=config.toe.sparse_eval)
+    meter = ThroughputMeter(config.batch_size)
+    progress = Progress(writer, meter, log_every=config.log_every_steps,
+                        total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch)
+    batches = pipeline.train_batches(
+        sources.train, info, global_batch=config.batch_size, image_size=plan.model.image_size,
+        seed=config.seed, start_step=start_step, total_steps=plan.total_steps,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=config.data.num_threads, augmentation=pipeline.Augmentation(
+            config.data.rand_augment, config.data.random_erase),
+        repeats=config.data.repeated_augmentations)
+    eval_every = max(int(round(config.eval_every_epochs * plan.steps_per_epoch)), 1)
+    stop_after = config.stop_after_step if config.stop_after_step >= 0 else plan.total_steps
 
-  # ---- state: fresh or restored
-  state = initial_state(config, model, optimizer)
-  checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
-  restored = checkpoints.restore_latest(jax.device_get(state))
-  if restored is not None:
-    state = restored
-    logging.info("resumed from the checkpoint at step %d%s", int(state.step),
-                 " (config.init_from is not used when resuming)" if config.init_from else "")
-  elif config.init_from:
-    params = pretrained.load(config.init_from, model)  # logs what it resized or re-initialised
-    state = state.replace(params=params,
-                          ema_params=params if state.ema_params is not None else None)
-    logging.info("initialised the parameters from %s", config.init_from)
-  start_step = int(state.step)
-  state = parallel.replicate(state)
+    # ---- the loop
+    state = parallel.replicate(state)
+    applied = parallel.replicate(np.bool_(True))  # False from the first non-finite step on
+    step, final_eval, eval_missing = start_step, {}, False
 
-  writer = MetricWriter(workdir)
-  if jax.process_index() == 0:  # what produced this workdir, for notebooks and sweeps
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json(indent=1))
-  if start_step == 0:
-    writer.write_text(0, "config", str(config))
-    writer.write(0, {
-        "flops/ideal_speedup": flops.ideal_speedup(model.variant, routing=model.routing, **flop_args),
-        "flops/run_ideal_speedup": run_speedup,
-    })
+    def evaluate_now(toe) -> bool:
+      """Evaluates and records; False when a SIGTERM cut the evaluation short."""
+      nonlocal final_eval
+      results = evaluator(state, toe, lambda: (faults.at("eval", step), stop.requested)[1])
+      if results is None:
+        return False
+      final_eval = results
+      writer.write(step, results)
+      logging.info("eval at step %d: %s", step,
+                   json.dumps({k: round(v, 4) for k, v in results.items()}))
+      return True
 
-  # ---- compiled steps, one per phase key, created on first use
-  step_fns: dict[tuple, Any] = {}
+    if start_step == plan.total_steps:  # resumed at the end: the final evaluation may be missing
+      eval_missing = not evaluate_now(plan.phases[-1].toe)
+    try:
+      while step < plan.total_steps:
+        phase = schedule.phase_at(plan.phases, step)
+        step_fn, compiles = steps(phase)
+        state, metrics = step_fn(state, parallel.shard(next(batches)), applied)
+        applied, step = metrics["finite"], step + 1
+        faults.at("step", step)
+        progress.dispatched(step, metrics, compiled=compiles)
+        due_eval = step % eval_every == 0 or step == plan.total_steps
+        due_save = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
+        if due_eval or due_save or step >= stop_after or stop.requested:
+          progress.flush()
+          with meter.paused():
+            if due_eval and not stop.requested:
+              eval_missing = not evaluate_now(phase.toe)
+            if due_save or step >= stop_after or stop.requested:
+              checkpoints.save(step, parallel.unreplicate(state))
+              faults.at("save", step)
+        if step >= stop_after or stop.requested:
+          break
+    except NonFiniteError as error:
+      # The state holds the last finite step's values: no later update was applied.
+      if checkpoints.latest_step() != error.step - 1:
+        checkpoints.save(error.step - 1, parallel.unreplicate(state).replace(step=error.step - 1))
+      raise
 
-  def step_fn_for(phase: schedule.Phase):
-    if phase.key not in step_fns:
-      step_fns[phase.key] = jax.pmap(
-          per_device_train_step(config, phase_models[phase.key], optimizer, learning_rate),
-          axis_name=AXIS, donate_argnums=(0,),
-      )
-    return step_fns[phase.key]
-
-  eval_fns: dict[tuple, Any] = {}
-
-  def eval_fn_for(eval_model: ViT, with_recall: bool):
-    key = (eval_model.routing, eval_model.toe, with_recall)
-    if key not in eval_fns:
-      eval_fns[key] = jax.pmap(
-          functools.partial(evaluate.eval_step, model=eval_model, with_recall=with_recall),
-          axis_name=AXIS)
-    return eval_fns[key]
-
-  def run_eval(step: int) -> dict[str, float]:
-    """Evaluates with the training routing (ToE: all tokens unless config.toe.sparse_eval)
-    and, when that is not already the dense model, with all tokens; the EMA parameters, when
-    kept, with the training routing as `eval_ema/*`."""
-    toe = schedule.phase_at(phases, step - 1).toe if config.toe.sparse_eval else None
-    eval_model = model.clone(toe=toe)
-    keep_ratios = tuple(s.num_keep / model.num_patches for s in eval_model.routing_plan.stages)
-    with_recall = info.has_object_masks and eval_model.routing.routes
-    # (metric name prefix, suffix, model, parameters, kept-object recall)
-    variants = [("eval/", "", eval_model, state.params, with_recall)]
-    if eval_model.routing.routes or toe is not None:
-      variants.append(("eval/", "_all_tokens", dense_model, state.params, False))
-    if state.ema_params is not None:
-      variants.append(("eval_ema/", "", eval_model, state.ema_params, with_recall))
-    results = {}
-    for prefix, suffix, variant_model, params, with_recall in variants:
-      batches = pipeline.eval_batches(
-          sources.eval, info, global_batch=config.eval_batch_size,
-          image_size=model.image_size, process_index=jax.process_index(),
-          process_count=jax.process_count(), num_threads=config.data.num_threads,
-      )
-      sums = evaluate.accumulate(eval_fn_for(variant_model, with_recall), params,
-                                 map(parallel.shard, batches))
-      summary = evaluate.summarize(sums, keep_ratios=keep_ratios if with_recall else ())
-      results.update({f"{prefix}{k}{suffix}": v for k, v in summary.items()})
-    writer.write(step, results)
-    logging.info("eval at step %d: %s", step, json.dumps({k: round(v, 4) for k, v in results.items()}))
-    return results
-
-  eval_every = max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
-  stop_after = config.stop_after_step if config.stop_after_step >= 0 else total_steps
-
-  # ---- the loop
-  batches = pipeline.train_batches(
-      sources.train, info, global_batch=config.batch_size, image_size=model.image_size,
-      seed=config.seed, start_step=start_step, total_steps=total_steps,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_threads=config.data.num_threads, augmentation=pipeline.Augmentation(
-          config.data.rand_augment, config.data.random_erase),
-      repeats=config.data.repeated_augmentations,
-  )
-  images_per_step = config.batch_size
-  # Loss is averaged over every step between log lines; throughput only over steady steps
-  # (a phase's first step, which compiles, and eval/checkpoint pauses are left out).
-  window = {"loss": 0.0, "steps": 0, "timed_steps": 0, "start": time.perf_counter(),
-            "excluded": 0.0}
-  steady = {"images": 0, "seconds": 0.0}
-  pending = None  # (step, metrics) of the previous step, read while the current one runs
-  final_eval: dict[str, float] = {}
-  step = start_step
-
-  def restart_timing() -> None:
-    window.update(timed_steps=0, start=time.perf_counter(), excluded=0.0)
-
-  def finish_step(step_done: int, metrics, *, timed: bool = True) -> None:
-    metrics = parallel.unreplicate(metrics)
-    if not metrics["finite"]:
-      raise NonFiniteError(
-          f"step {step_done}: loss or gradient is not finite (loss={metrics['loss']}, "
-          f"grad_norm={metrics['grad_norm']}); stopping. The update of this step was not "
-          f"applied; the latest checkpoint is at step {checkpoints.latest_step()}."
-      )
-    window["steps"] += 1
-    window["timed_steps"] += int(timed)
-    window["loss"] += float(metrics["loss"])
-    if step_done % config.log_every_steps and step_done != total_steps:
-      return
-    record = {
-        "train/loss": window["loss"] / window["steps"],
-        "train/learning_rate": float(metrics["learning_rate"]),
-        "train/grad_norm": float(metrics["grad_norm"]),
-        "train/param_norm": float(metrics["param_norm"]),
-        "train/epoch": step_done / steps_per_epoch,
-    }
-    rate_text = "n/a"
-    if window["timed_steps"]:
-      elapsed = time.perf_counter() - window["start"] - window["excluded"]
-      record["train/images_per_sec"] = window["timed_steps"] * images_per_step / elapsed
-      steady["images"] += window["timed_steps"] * images_per_step
-      steady["seconds"] += elapsed
-      rate_text = f"{record['train/images_per_sec']:.1f}"
-    eta = (total_steps - step_done) * images_per_step * steady["seconds"] / max(steady["images"], 1)
-    logging.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  img/s %s  ETA %s", step_done,
-                 total_steps, record["train/epoch"], record["train/loss"],
-                 record["train/learning_rate"], rate_text, _format_duration(eta))
-    writer.write(step_done, record)
-    window.update(loss=0.0, steps=0)
-    restart_timing()
-
-  with _StopRequest() as stop_request:
-    while step < total_steps:
-      phase = schedule.phase_at(phases, step)
-      compiled = phase.key in step_fns
-      step_fn = step_fn_for(phase)
-      batch = parallel.shard(next(batches))
-      state, metrics = step_fn(state, batch)
-      if pending is not None:
-        finish_step(*pending)
-      pending = (step + 1, metrics)
-      step += 1
-      if not compiled:  # keep compile time out of the throughput figures
-        jax.block_until_ready(metrics)
-        logging.info("compiled the train step of phase %s at step %d", phase.name, step)
-        restart_timing()
-        finish_step(*pending, timed=False)
-        pending = None
-      paused_at = time.perf_counter()
-      at_eval = step % eval_every == 0 or step == total_steps
-      at_checkpoint = step % config.checkpoint_every_steps == 0 or step == total_steps
-      stopping = step >= stop_after or stop_request.requested
-      if at_eval or at_checkpoint or stopping:
-        if pending is not None:
-          finish_step(*pending)
-          pending = None
-        if at_eval:
-          final_eval = run_eval(step)
-        if at_checkpoint or stopping:
-          checkpoints.save(step, parallel.unreplicate(state))
-        window["excluded"] += time.perf_counter() - paused_at
-      if stopping and step < total_steps:
-        logging.info("stopping at step %d as requested; rerun to resume", step)
-        break
-
-  checkpoints.close()
-  final = {"train/finished": 1.0} if step == total_steps else {}
-  if steady["seconds"] > 0:
-    final["train/steady_images_per_sec"] = steady["images"] / steady["seconds"]
-    logging.info("steady-state training throughput: %.1f images/s",
-                 final["train/steady_images_per_sec"])
-  if final:
-    writer.write(step, final)
-  writer.close()
-  return TrainResult(step, final_eval, parallel.unreplicate(state.params))
+    preempted = stop.requested and (step < plan.total_steps or eval_missing)
+    if step < plan.total_steps or preempted:
+      logging.info("stopping at step %d %s; rerun to resume", step,
+                   "on SIGTERM" if preempted else "as config.stop_after_step asks")
+    final = {"train/finished": 1.0} if step == plan.total_steps and not preempted else {}
+    if meter.steady_rate is not None:
+      final["train/steady_images_per_sec"] = meter.steady_rate
+      logging.info("steady-state training throughput: %.1f images/s", meter.steady_rate)
+    if final:
+      writer.write(step, final)
+  return TrainResult(step, final_eval, parallel.unreplicate(state.params), preempted)

@@ -52,13 +52,17 @@ def step_rngs(seed: int, step: jax.Array | int, device_index: jax.Array | int) -
 
 
 def train_step(
-    state: TrainState, batch: dict, *, model: ViT, optimizer: optax.GradientTransformation,
+    state: TrainState, batch: dict, applied: jax.Array | bool = True, *, model: ViT,
+    optimizer: optax.GradientTransformation,
     learning_rate: optax.Schedule, regularization: Regularization, seed: int,
     grad_accum_steps: int = 1, ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict]:
   """One optimisation step on this device's shard of the global batch (run under pmap).
 
   batch: image (b, S, S, 3) float32, label (b,) int32.
+  applied: the previous step's `finite` metric. Once a step is not finite, neither it nor any
+    later step is applied, so the state stays the last finite one however many steps the host
+    dispatched before it read the metric (it reads each step's metrics one step late).
   The step's randomness is `step_rngs(seed, step, device index)`.
   grad_accum_steps: the shard is split into this many micro-batches, run one after another
     with their gradients averaged, so that only one micro-batch's activations are alive: the
@@ -99,8 +103,8 @@ def train_step(
     ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
   new_state = TrainState(state.step + 1, params, opt_state, ema_params)
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  # A blown-up step is not applied: the host stops on `finite` with the last good state.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & applied
+  # A blown-up step is not applied: the host stops on `finite` with the last finite state.
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                            state.replace(step=state.step + 1))
   metrics = {

@@ -28,6 +28,7 @@ INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 CLASS_NAMES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                "sneaker", "bag", "ankle boot")
 IMAGE_SIZE = 28
+NUM_TRAIN = 60_000  # the published split sizes; the trainer plans its run with them
 # Object pixels: brighter than 10 of 255. 47% of all pixels are; another 3% lie in 1..10, the
 # faint anti-aliased rim of a garment, whose patches the brighter pixels next to it already mark.
 MASK_THRESHOLD = 10
