@@ -154,12 +154,12 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
     else:
       yield prefix[:-1], tree
 
-  now = dict(leaves({k: config.to_dict()[k] for k in RESUME_FIELDS if k in config}))
+  current = json.loads(config.to_json())  # as config.json has it: tuples are lists
+  now = dict(leaves({k: current[k] for k in RESUME_FIELDS if k in current}))
   before = dict(leaves({k: saved[k] for k in RESUME_FIELDS if k in saved}))
-  norm = lambda v: list(v) if isinstance(v, tuple) else v  # JSON has lists
   return [f"{name}: {before.get(name, '(absent)')!r} -> {now.get(name, '(absent)')!r}"
           for name in sorted(set(now) | set(before))
-          if name not in RESUME_FREE and norm(now.get(name)) != norm(before.get(name))]
+          if name not in RESUME_FREE and now.get(name) != before.get(name)]
 
 
 def restore_or_initialise(config: ml_collections.ConfigDict, plan: RunPlan,

@@ -1,0 +1,220 @@
+"""Faults a long run meets, each ending where an uninterrupted run ends, bitwise: SIGTERM and
+SIGKILL at a step, during an evaluation and during a checkpoint write; damaged checkpoints; a
+changed config on resume; a non-finite loss; and the log a run prints."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from skipvit_jax import checkpointing, pretrained, stopping, train
+from tests.test_train import NUM_TEST, NUM_TRAIN, _records, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# tests/test_train.py's tiny run: 4 steps per epoch, 8 steps; evaluations at 4 and 8 (4 batches
+# of 16 each), checkpoints at 4 and 8, the routing from step 5 (a second compiled step).
+FAULT_STEP = 4
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """The uninterrupted run's final parameters, flat."""
+  result = train.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0),
+                                    str(tmp_path_factory.mktemp("reference")))
+  assert result.step == 8
+  return pretrained._flatten(result.params)
+
+
+def final_params(workdir) -> dict:
+  """The parameters of a workdir's latest checkpoint, flat (what a rerun ended with)."""
+  return pretrained._flatten(pretrained._unflatten(pretrained._read_orbax(Path(workdir))))
+
+
+def assert_bitwise_equal(params: dict, reference: dict) -> None:
+  assert params.keys() == reference.keys()
+  for name in reference:
+    np.testing.assert_array_equal(params[name], reference[name], err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# SIGTERM: in this process (the trainer sends it to itself at the named point).
+
+
+@pytest.mark.parametrize("point", stopping.FAULT_POINTS)
+def test_sigterm_checkpoints_the_last_step_and_the_rerun_ends_bitwise_equal(
+    data_dir, reference, tmp_path, monkeypatch, point):
+  workdir = str(tmp_path / "run")
+  monkeypatch.setenv(stopping.FAULT_ENV, f"SIGTERM@{point}:{FAULT_STEP}")
+  stopped = train.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
+  assert stopped.preempted and stopped.step == FAULT_STEP
+  assert checkpointing.Checkpoints(workdir, keep=3).latest_step() == FAULT_STEP
+  records = _records(workdir)
+  assert not any("train/finished" in r for r in records)
+  # A SIGTERM during the evaluation cuts it short: nothing half-evaluated is recorded.
+  assert any("eval/top1" in r for r in records) == (point == "save")
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+  monkeypatch.delenv(stopping.FAULT_ENV)
+  resumed = train.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
+  assert resumed.step == 8 and not resumed.preempted
+  assert_bitwise_equal(pretrained._flatten(resumed.params), reference)
+  assert _records(workdir)[-1]["train/finished"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Subprocesses: main.py's exit status, and SIGKILL (nothing in the process can react to it).
+
+
+def run_main(data_dir, workdir, fault: str = "") -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=str(REPO),
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  env.pop(stopping.FAULT_ENV, None)
+  if fault:
+    env[stopping.FAULT_ENV] = fault
+  args = [  # tiny_config as flags; XLA_FLAGS (conftest's) gives the same two CPU devices
+      sys.executable, str(REPO / "main.py"), f"--config={REPO / 'configs/default.py'}",
+      f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+      "--config.data.image_size=32", "--config.model.variant=Te/4",
+      f"--config.data.synthetic.num_train={NUM_TRAIN}",
+      f"--config.data.synthetic.num_test={NUM_TEST}", "--config.data.num_threads=2",
+      "--config.batch_size=32", "--config.eval_batch_size=16", "--config.num_epochs=2",
+      "--config.drop_warmup_epochs=1", "--config.optimizer.warmup_epochs=0.5",
+      "--config.log_every_steps=2", "--config.eval_every_epochs=1",
+      "--config.checkpoint_every_steps=4",
+  ]
+  return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_main_exits_143_on_sigterm_and_resumes(data_dir, reference, tmp_path):
+  stopped = run_main(data_dir, tmp_path, f"SIGTERM@eval:{FAULT_STEP}")
+  assert stopped.returncode == stopping.EXIT_PREEMPTED, stopped.stderr[-2000:]
+  assert f"stopping at step {FAULT_STEP} on SIGTERM; rerun to resume" in stopped.stderr
+  finished = run_main(data_dir, tmp_path)
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  assert_bitwise_equal(final_params(tmp_path), reference)
+
+
+@pytest.mark.parametrize("point,step,latest", [
+    ("step", 3, {None}),  # mid-step, before the first checkpoint
+    ("eval", FAULT_STEP, {None}),  # the evaluation at 4 runs before the save at 4
+    ("save", FAULT_STEP, {None, 4}),  # the write at 4 may or may not have completed
+    ("save", 8, {4, 8}),
+])
+def test_sigkill_anywhere_loses_at_most_the_steps_since_the_last_checkpoint(
+    data_dir, reference, tmp_path, point, step, latest):
+  killed = run_main(data_dir, tmp_path, f"SIGKILL@{point}:{step}")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  assert checkpointing.Checkpoints(str(tmp_path), keep=3).latest_step() in latest
+  finished = run_main(data_dir, tmp_path)
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  assert_bitwise_equal(final_params(tmp_path), reference)
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged checkpoints and changed configs.
+
+
+def damage(workdir, step: int, how: str) -> None:
+  directory = Path(workdir) / "checkpoints" / str(step) / "default"
+  if how == "truncate":
+    data = max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(data, "r+b") as f:
+      f.truncate(data.stat().st_size // 2)
+  else:
+    (directory / "manifest.ocdbt").unlink()
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    data_dir, reference, tmp_path, caplog, how):
+  workdir = str(tmp_path)
+  stopped = tiny_config(data_dir, eval_every_epochs=1.0, stop_after_step=6,
+                        checkpoint_every_steps=2)
+  train.train_and_evaluate(stopped, workdir)  # checkpoints at 2, 4, 6
+  damage(workdir, 6, how)
+  with caplog.at_level("INFO"):
+    resumed = train.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
+  assert "checkpoint at step 6 is damaged" in caplog.text
+  assert "resuming from step 4 instead" in caplog.text
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "6.damaged"))
+  assert resumed.step == 8
+  assert_bitwise_equal(pretrained._flatten(resumed.params), reference)
+
+
+def test_no_usable_checkpoint_is_one_clear_error(data_dir, tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(data_dir, stop_after_step=4, checkpoint_every_steps=2),
+                           workdir)  # checkpoints at 2 and 4
+  damage(workdir, 2, "truncate")
+  damage(workdir, 4, "delete")
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    train.train_and_evaluate(tiny_config(data_dir), workdir)
+  message = str(error.value)
+  assert "None of the checkpoints" in message and "step 4:" in message and "step 2:" in message
+  assert "To start over from step 0, move the checkpoints directory aside" in message
+  assert "\n" not in message  # one paragraph
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]  # left as found
+
+
+def test_resuming_with_a_changed_config_lists_the_differences(data_dir, tmp_path, caplog):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(data_dir, stop_after_step=4), workdir)
+  changed = {"routing.drop_ratios": (0.3,), "batch_size": 16, "data.data_dir": data_dir}
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(tiny_config(data_dir, **changed), workdir)
+  message = str(error.value)
+  assert "routing.drop_ratios: [0.55] -> [0.3]" in message and "batch_size: 32 -> 16" in message
+  assert "data.data_dir" not in message  # where the data lives may change
+  assert "config.allow_resume_with_changes=True" in message
+  with caplog.at_level("WARNING"):
+    result = train.train_and_evaluate(
+        tiny_config(data_dir, allow_resume_with_changes=True, **{"routing.drop_ratios": (0.3,)}),
+        workdir)
+  assert result.step == 8 and "resuming with changed settings (allowed)" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# A non-finite loss.
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_finite_state(data_dir, tmp_path):
+  # Step 1 runs at the warm-up's 1e-6; step 2's learning rate (~5e29) blows the parameters up,
+  # so step 3's loss is not finite.
+  blow_up = {"optimizer.lr": 1e30, "optimizer.warmup_epochs": 0.5, "drop_warmup_epochs": 0.0,
+             "eval_every_epochs": 10.0, "checkpoint_every_steps": 100}
+  with pytest.raises(train.NonFiniteError, match=r"step 3: loss or gradient is not finite") as e:
+    train.train_and_evaluate(tiny_config(data_dir, **blow_up), str(tmp_path / "nan"))
+  assert "the checkpoint at step 2 holds the last finite state" in str(e.value)
+  saved = final_params(tmp_path / "nan")
+  assert all(np.isfinite(v).all() for v in saved.values())
+  finite_run = train.train_and_evaluate(tiny_config(data_dir, stop_after_step=2, **blow_up),
+                                        str(tmp_path / "two_steps"))
+  assert_bitwise_equal(saved, pretrained._flatten(finite_run.params))
+  assert checkpointing.Checkpoints(str(tmp_path / "nan"), keep=3).latest_step() == 2
+
+
+# --------------------------------------------------------------------------------------------
+# The log.
+
+
+def test_a_run_logs_one_line_per_checkpoint_and_no_orbax_chatter(data_dir, tmp_path):
+  result = run_main(data_dir, tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stderr.splitlines()
+  assert not [line for line in lines if "orbax" in line or "checkpoint_manager.py" in line]
+  saves = [line for line in lines if "saving the checkpoint at step" in line]
+  assert [line.rsplit(" ", 1)[-1] for line in saves] == ["4", "8"]
+  assert len(glob.glob(str(tmp_path / "checkpoints" / "*"))) == 2
