@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -195,6 +196,16 @@ class RoutingConfig:
 
   def __post_init__(self):
     # ml_collections and JSON hand us lists; the module attribute must be hashable.
+    integer = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if not isinstance(self.drop_layers, (tuple, list)) or not all(map(integer, self.drop_layers)):
+      raise ValueError(f"RoutingConfig.drop_layers: must be integer layers, got "
+                       f"{self.drop_layers!r}")
+    if not isinstance(self.drop_ratios, (tuple, list)) or not all(
+        isinstance(r, numbers.Real) and not isinstance(r, bool) for r in self.drop_ratios):
+      raise ValueError(f"RoutingConfig.drop_ratios: must be numbers, got {self.drop_ratios!r}")
+    if self.return_layer is not None and not integer(self.return_layer):
+      raise ValueError(f"RoutingConfig.return_layer: must be an integer layer or None, got "
+                       f"{self.return_layer!r}")
     object.__setattr__(self, "drop_layers", tuple(int(l) for l in self.drop_layers))
     object.__setattr__(self, "drop_ratios", tuple(float(r) for r in self.drop_ratios))
     _check_choice("mode", self.mode, MODES)
