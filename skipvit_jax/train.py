@@ -35,7 +35,8 @@ from skipvit_jax.models.vit import ViT
 from skipvit_jax.routing import RoutingConfig
 from skipvit_jax.throughput import ThroughputMeter
 # The config -> model and schedule builders, here where the trainer's users look for them.
-from skipvit_jax.validation import build_model, routing_config, toe_schedule  # pylint: disable=unused-import
+from skipvit_jax.validation import (build_model, routing_config, toe_schedule,  # pylint: disable=unused-import
+                                    total_train_steps)
 
 AXIS = parallel.AXIS
 

@@ -280,6 +280,13 @@ def known_train_size(config: ml_collections.ConfigDict) -> int | None:
   return None
 
 
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """config.num_train_steps when > 0, else config.num_epochs of `steps_per_epoch` (>= 1)."""
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return max(int(round(config.num_epochs * steps_per_epoch)), 1)
+
+
 def check_run_length(config: ml_collections.ConfigDict, model: ViT, num_train: int
                      ) -> tuple[int, int, tuple[schedule.Phase, ...]]:
   """(steps per epoch, total steps, phases) of the run; the drop warm-up and ToE must fit it:
@@ -289,8 +296,7 @@ def check_run_length(config: ml_collections.ConfigDict, model: ViT, num_train: i
   if steps_per_epoch < 1:
     raise ValueError(f"config.batch_size: {config.batch_size} exceeds the {num_train} training "
                      f"examples")
-  total = (config.num_train_steps if config.num_train_steps > 0
-           else max(int(round(config.num_epochs * steps_per_epoch)), 1))
+  total = total_train_steps(config, steps_per_epoch)
   warmup_steps = int(round(config.drop_warmup_epochs * steps_per_epoch))
   if model.routing.routes and warmup_steps >= total:
     raise ValueError(
