@@ -34,9 +34,11 @@ config.json, checkpoints/), a run dir holds `sweep_log.txt` (the subprocess's ou
 attempt appended), `sweep_run.json` (command, status, error, attempts and wall time summed over
 attempts) and, once the run finished, `done.json`. Rerunning the sweep skips finished runs and
 reruns the others: an interrupted run resumes from its latest checkpoint (the trainer does
-that), a failed one is retried. A run that exits non-zero or outlasts --timeout (it gets
-SIGTERM, which makes the trainer checkpoint, then SIGKILL after a grace period) is recorded as
-failed with the end of its log, and the sweep goes on.
+that), a failed one is retried. A run stopped by SIGTERM from outside (exit status 143, after
+its checkpoint) is recorded as incomplete. A run that exits with another non-zero status or
+outlasts --timeout (it gets SIGTERM, which makes the trainer checkpoint, then SIGKILL after
+--grace_period seconds) is recorded as failed with the end of its log, and the sweep goes on.
+Stopping the sweep itself (Ctrl-C, SIGTERM) stops the run in progress the same way.
 
 After every run, SWEEP_DIR/results.{csv,json,md} are rewritten from the run dirs: per run its
 eval top-1 routed and with all tokens, kept-object recall per drop layer (synthetic data),
