@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from skipvit_jax.routing import RoutingConfig
 from skipvit_jax.toe import ToEPlan
 
 # A patch's fate at one drop layer (`patch_fates`).
@@ -69,68 +68,12 @@ def cls_attention_rows(aux: Mapping[str, Any]) -> list[np.ndarray]:
   return [np.asarray(p, np.float32)[:, :, 0, :].mean(axis=1) for p in aux["attention"]]
 
 
-def layer_token_positions(
-    aux: Mapping[str, Any], num_patches: int, *, routing: RoutingConfig
-) -> list[np.ndarray]:
-  """The original patch position of every non-[CLS] token each layer's attention sees.
-
-  Replays the encoder's bookkeeping (models/vit.py): ToE's `out_index` from layer 2, each
-  drop layer's kept tokens in `keep_idx` order (their `kept_positions`), a fused token
-  appended last, and every token back at its pre-split position from the return layer. With
-  drop_point "after_attention" a drop layer's own attention still sees all its input tokens;
-  with "block_input" it sees the kept ones only.
-
-  Args:
-    aux: the model's aux with "attention" (capture_attention=True), "routing" and, with
-      ToE, "toe".
-    num_patches: P, the image's patch count.
-    routing: the RoutingConfig of the model that produced `aux` (the layers of the records
-      are not in aux).
-
-  Returns:
-    Per layer, (B, n_l) int32 in 0..P-1, or -1 for a fused token.
-  """
-  records = aux["routing"]
-  if len(records) != len(routing.drop_layers):
-    raise ValueError(
-        f"routing: has {len(routing.drop_layers)} drop layers, aux has {len(records)} records"
-    )
-  attention = aux["attention"]
-  batch = attention[0].shape[0]
-  positions = np.broadcast_to(np.arange(num_patches, dtype=np.int32), (batch, num_patches))
-  before_split = positions
-  per_layer = []
-  for layer in range(1, len(attention) + 1):
-    if layer == 2 and "toe" in aux:
-      positions = np.asarray(aux["toe"]["out_index"], np.int32)[:, 1:] - 1
-    if layer == routing.return_layer:
-      positions = before_split
-    seen = positions
-    if layer in routing.drop_layers:
-      record = records[routing.drop_layers.index(layer)]
-      if layer == routing.drop_layers[0]:
-        before_split = positions
-      positions = np.asarray(record["kept_positions"], np.int32)
-      if routing.mode == "fused":
-        positions = np.pad(positions, ((0, 0), (0, 1)), constant_values=-1)
-      if routing.drop_point == "block_input":
-        seen = positions
-    if attention[layer - 1].shape[-1] != 1 + seen.shape[1]:
-      raise ValueError(
-          f"layer {layer}: attention covers {attention[layer - 1].shape[-1]} tokens, but the "
-          f"routing {routing} puts 1 + {seen.shape[1]} there; pass the model's own routing"
-      )
-    per_layer.append(seen)
-  return per_layer
-
-
-def cls_attention_maps(
-    aux: Mapping[str, Any], num_patches: int, *, routing: RoutingConfig
-) -> np.ndarray:
+def cls_attention_maps(aux: Mapping[str, Any], num_patches: int) -> np.ndarray:
   """Each layer's head-averaged [CLS] attention row, on the original patch grid.
 
   Args:
-    aux, num_patches, routing: as in `layer_token_positions`.
+    aux: the model's aux with "attention" (capture_attention=True) and "token_positions".
+    num_patches: P, the image's patch count.
 
   Returns:
     (L, B, P) float32: [l, b, p] is the attention [CLS] pays to the token at patch position p
@@ -139,9 +82,9 @@ def cls_attention_maps(
     layer's map sums to at most 1.
   """
   rows = cls_attention_rows(aux)
-  positions = layer_token_positions(aux, num_patches, routing=routing)
   return np.stack([
-      scatter_to_patches(row[:, 1:], pos, num_patches) for row, pos in zip(rows, positions)
+      scatter_to_patches(row[:, 1:], np.asarray(positions), num_patches)
+      for row, positions in zip(rows, aux["token_positions"])
   ])
 
 

@@ -260,3 +260,61 @@ def test_pmap_over_two_devices_matches_one_device():
 def test_invalid_model_config_fails_at_construction(kwargs, field):
   with pytest.raises(ValueError, match=field):
     ViT(**{**dict(variant="S/16", image_size=224), **kwargs})
+
+
+def reference_token_positions(aux, routing: RoutingConfig, num_patches: int, batch: int,
+                              depth: int = 12) -> list[np.ndarray]:
+  """Each layer's tokens as original patch positions, replayed in numpy from the model's own
+  decisions (keep_idx, an index into the sequence present; ToE's out_index) and the routing's
+  rules: ToE's tokens from layer 2, the kept ones after a drop layer (with a fused token, -1,
+  appended), everything back at its place before the first split from the return layer. A
+  drop layer's attention sees its input tokens ("after_attention") or the kept ones
+  ("block_input")."""
+  positions = np.tile(np.arange(num_patches), (batch, 1))
+  before_split, per_layer = None, []
+  for layer in range(1, depth + 1):
+    if layer == 2 and "toe" in aux:
+      positions = np.asarray(aux["toe"]["out_index"])[:, 1:] - 1
+    if layer == routing.return_layer:
+      positions = before_split
+    seen = positions
+    if layer in routing.drop_layers:
+      keep_idx = np.asarray(aux["routing"][routing.drop_layers.index(layer)]["keep_idx"])
+      before_split = positions if before_split is None else before_split
+      positions = np.take_along_axis(positions, keep_idx, axis=1)
+      if routing.mode == "fused":
+        positions = np.concatenate([positions, np.full((batch, 1), -1)], axis=1)
+      if routing.drop_point == "block_input":
+        seen = positions
+    per_layer.append(seen)
+  return per_layer
+
+
+@pytest.mark.parametrize("routing,toe_stage", [
+    (RoutingConfig(), False),
+    (SKIP, False),
+    (RoutingConfig((6,), (0.45,), mode="fused"), False),
+    (TWO_STAGE, False),
+    (RoutingConfig((3, 8), (0.5, 0.25), 10, drop_point="block_input"), False),
+    (RoutingConfig((4,), (0.5,), mode="drop"), False),
+    (SKIP, True),
+    (RoutingConfig((2, 5), (0.3, 0.3), 9), True),
+], ids=["dense", "skip", "fused", "two_stage", "block_input", "drop", "toe+skip",
+        "toe+two_stage_at_layer_2"])
+def test_token_positions_in_aux_match_a_numpy_replay(routing, toe_stage):
+  plan = None
+  if toe_stage:
+    from skipvit_jax import toe  # pylint: disable=g-import-not-at-top
+    plan = toe.make_plan(64, expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0),
+                         init_rate=0.25, substeps=2, epoch=0)
+  model = ViT(**TINY, routing=routing, toe=plan)
+  images = jax.random.normal(jax.random.key(2), (3, 32, 32, 3))
+  params = model.init(jax.random.key(0), images, train=False)["params"]
+  _, aux = model.apply({"params": params}, images, train=False, capture_attention=True)
+  aux = jax.device_get(aux)
+  expected = reference_token_positions(aux, routing, 64, batch=3)
+  assert len(aux["token_positions"]) == 12
+  for layer, (got, want, probs) in enumerate(
+      zip(aux["token_positions"], expected, aux["attention"]), start=1):
+    np.testing.assert_array_equal(got, want, err_msg=f"layer {layer}")
+    assert probs.shape[-1] == 1 + got.shape[1]  # the tokens that layer's attention saw

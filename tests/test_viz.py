@@ -47,7 +47,7 @@ def test_cls_rows_sum_to_one_and_maps_cover_the_patch_grid(skip_aux):
   for row in rows:
     np.testing.assert_allclose(row.sum(axis=1), 1.0, rtol=1e-5)
 
-  maps = viz.cls_attention_maps(skip_aux, 64, routing=SKIP)
+  maps = viz.cls_attention_maps(skip_aux, 64)
   assert maps.shape == (12, 2, 64) and maps.dtype == np.float32
   present = ~np.isnan(maps)
   assert present[:6].all() and present[10:].all()
@@ -61,42 +61,27 @@ def test_cls_rows_sum_to_one_and_maps_cover_the_patch_grid(skip_aux):
                              rtol=1e-5)
 
 
-def _fake_aux(out_index, keep_idx, token_counts, kept_positions, dropped_positions):
+def _fake_aux(seen_at):
   """One image whose [CLS] row at layer l gives token j the value 100 l + j (unnormalised, so
-  every value says where it came from)."""
+  every value says where it came from), its tokens at the patch positions `seen_at`."""
   attention = []
-  for layer, n in enumerate(token_counts, start=1):
+  for layer, seen in enumerate(seen_at, start=1):
+    n = 1 + len(seen)
     probs = np.zeros((1, 2, n, n), np.float32)
     probs[:, :, 0, :] = 100 * layer + np.arange(n)
     attention.append(probs)
-  record = {"keep_idx": np.array([keep_idx]), "kept_positions": np.array([kept_positions]),
-            "dropped_positions": np.array([dropped_positions])}
-  return {"attention": tuple(attention), "routing": (record,),
-          "toe": {"out_index": np.array([out_index])}}
+  return {"attention": tuple(attention),
+          "token_positions": tuple(np.array([seen], np.int32) for seen in seen_at)}
 
 
-@pytest.mark.parametrize(
-    "routing,token_counts,seen_at",
-    [
-        # Of 4 patches ToE keeps 2, 0, 3 (that order; 1 is merged); layer 3 keeps ToE tokens
-        # 0 and 2 (patches 2 and 3) after its attention; all 3 ToE tokens return before 5.
-        (RoutingConfig((3,), (0.34,), 5), (5, 4, 4, 3, 4),
-         [(0, 1, 2, 3), (2, 0, 3), (2, 0, 3), (2, 3), (2, 0, 3)]),
-        # Split before layer 3's attention: layer 3 already sees the kept tokens only.
-        (RoutingConfig((3,), (0.34,), 5, drop_point="block_input"), (5, 4, 3, 3, 4),
-         [(0, 1, 2, 3), (2, 0, 3), (2, 3), (2, 3), (2, 0, 3)]),
-        # EViT: a fused token (no patch) is appended after the kept ones; nothing returns.
-        (RoutingConfig((3,), (0.34,), mode="fused"), (5, 4, 4, 4, 4),
-         [(0, 1, 2, 3), (2, 0, 3), (2, 0, 3), (2, 3, -1), (2, 3, -1)]),
-    ],
-)
-def test_tokens_map_back_to_their_patch_positions(routing, token_counts, seen_at):
-  aux = _fake_aux(out_index=[0, 3, 1, 4], keep_idx=[0, 2], token_counts=token_counts,
-                  kept_positions=[2, 3], dropped_positions=[0])
-  positions = viz.layer_token_positions(aux, 4, routing=routing)
-  assert [tuple(p[0]) for p in positions] == seen_at
-
-  maps = viz.cls_attention_maps(aux, 4, routing=routing)
+@pytest.mark.parametrize("seen_at", [
+    # ToE keeps patches 2, 0, 3 of 4 (1 merged); layer 3 keeps two of them; all come back.
+    [(0, 1, 2, 3), (2, 0, 3), (2, 0, 3), (2, 3), (2, 0, 3)],
+    # EViT: a fused token (no patch, -1) appended after the kept ones.
+    [(0, 1, 2, 3), (2, 0, 3), (2, 0, 3), (2, 3, -1), (2, 3, -1)],
+])
+def test_maps_put_each_tokens_attention_on_its_patch(seen_at):
+  maps = viz.cls_attention_maps(_fake_aux(seen_at), 4)
   for layer, seen in enumerate(seen_at, start=1):
     want = np.full(4, np.nan, np.float32)
     for j, position in enumerate(seen):
@@ -105,13 +90,8 @@ def test_tokens_map_back_to_their_patch_positions(routing, token_counts, seen_at
     np.testing.assert_array_equal(maps[layer - 1, 0], want)
 
 
-def test_wrong_routing_for_the_aux_is_rejected(skip_aux):
-  with pytest.raises(ValueError, match="layer 6: attention covers 65 tokens"):
-    viz.cls_attention_maps(skip_aux, 64, routing=RoutingConfig((5,), (0.5,), 11))
-
-
 def test_toe_positions_follow_out_index_and_keep_idx(toe_skip_aux):
-  positions = viz.layer_token_positions(toe_skip_aux, 64, routing=SKIP)
+  positions = toe_skip_aux["token_positions"]
   toe_positions = toe_skip_aux["toe"]["out_index"][:, 1:] - 1
   assert [p.shape[1] for p in positions] == [64] + [32] * 5 + [16] * 4 + [32] * 2
   for layer in (2, 6, 11, 12):
@@ -119,7 +99,7 @@ def test_toe_positions_follow_out_index_and_keep_idx(toe_skip_aux):
   record = toe_skip_aux["routing"][0]
   np.testing.assert_array_equal(
       np.take_along_axis(positions[5], record["keep_idx"], axis=1), record["kept_positions"])
-  maps = viz.cls_attention_maps(toe_skip_aux, 64, routing=SKIP)
+  maps = viz.cls_attention_maps(toe_skip_aux, 64)
   assert (~np.isnan(maps)).sum(axis=2).tolist() == [[n, n] for n in [64] + [32] * 5 + [16] * 4 + [32] * 2]
 
 
@@ -301,7 +281,7 @@ def test_plots_draw_without_a_display(skip_aux):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   images = np.zeros((2, 32, 32, 3), np.uint8)
-  maps = viz.cls_attention_maps(skip_aux, 64, routing=SKIP)
+  maps = viz.cls_attention_maps(skip_aux, 64)
   x = _toe_input(seed=1)
   _, out_index = toe.expand_tokens(x, STAGE1)
   rank = viz.toe_selection_rank(np.asarray(out_index), 64)

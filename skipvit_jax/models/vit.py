@@ -222,7 +222,7 @@ class Encoder(nn.Module):
     aux: dict[str, Any] = {}
     waiting: list[routing.Split] = []  # splits whose dropped tokens ride the skip connection
     positions_before_split = positions
-    records, attention_maps = [], []
+    records, attention_maps, layer_positions = [], [], []
     # Rematerialised blocks keep only their inputs for the backward pass and recompute the
     # rest; train, stage and capture_attention (arguments 2-4, self being 0) shape the trace.
     block = nn.remat(EncoderBlock, static_argnums=(2, 3, 4)) if self.remat else EncoderBlock
@@ -241,6 +241,7 @@ class Encoder(nn.Module):
 
       rate = self.stochastic_depth * index / max(self.dims.depth - 1, 1)
       stage = plan.stage_at(layer)
+      seen = positions  # the tokens this layer's attention sees (unless it splits first)
       x, split, probs = block(
           self.dims, config, self.attention_implementation, self.dropout_rate, rate, self.dtype,
           self.gelu, name=f"encoderblock_{index}",
@@ -263,9 +264,13 @@ class Encoder(nn.Module):
           positions = jnp.pad(positions, ((0, 0), (0, 1)), constant_values=-1)
         if config.mode == "skip":
           waiting.append(split)
+        if config.drop_point == "block_input":
+          seen = positions
+      layer_positions.append(seen)
 
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
     aux["routing"] = tuple(records)
+    aux["token_positions"] = tuple(layer_positions)
     if capture_attention:
       aux["attention"] = tuple(attention_maps)
     return x, aux
@@ -302,8 +307,10 @@ class ViT(nn.Module):
         at that layer ([CLS] excluded), ascending,
       kept_positions / dropped_positions - the same tokens' original patch positions
         (-1 for a fused token).
+    "token_positions": per layer, (B, n) int32: the original patch position of each
+      non-[CLS] token that layer's attention sees, in sequence order (-1 for a fused token).
     "attention": only with capture_attention=True, per layer (B, H, n, n) float32 softmax
-      probabilities over the tokens present at that layer.
+      probabilities over the tokens present at that layer (the same tokens).
     "toe": with an active ToE plan, out_index (B, 1 + S) int32: each token's position in the
       full sequence after ToE (0 for [CLS]).
   """
