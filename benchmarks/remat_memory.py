@@ -36,6 +36,7 @@ import optax
 
 from benchmarks import timing, train_step
 from skipvit_jax import parallel
+from skipvit_jax.models.vit import DTYPES
 
 MIB = 2**20
 # XLA:CPU's pass that drops remat's optimisation barriers too early (see the module docstring).
@@ -104,7 +105,7 @@ def parse_args(argv=None):
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=64, help="global, over local devices")
-  parser.add_argument("--dtype", default="bfloat16", choices=sorted(train_step.DTYPES))
+  parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
   parser.add_argument("--attention", default="xla")
   parser.add_argument("--configs", default="dense,6-55-11,toe1")
   parser.add_argument("--lr", type=float, default=1e-4)

@@ -46,26 +46,19 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from benchmarks import timing
 from skipvit_jax import attention, flops, parallel, toe, training_step
 from skipvit_jax.models.variants import decode_variant
-from skipvit_jax.models.vit import ViT
-from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.models.vit import DTYPES, ViT
+from skipvit_jax.routing import PAPER_ROWS, RoutingConfig
 
-# The SkipViT paper's Table 1 rows (drop layers - ratios % - return layer or "fused").
-PAPER_ROWS = (
-    "6-45-fused", "4.7-30.30-10", "4.7-30.30-11", "6.8-35.35-10", "6.8-35.35-11",
-    "6-45-11", "6-50-11", "6-55-11",
-)
 # ToE's DeiT-S schedule (r0 0.25, rates 0.5 / 0.75 / 1.0, 2 sub-steps); stage 3 is dense.
 TOE_DEIT_S = dict(expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0), init_rate=0.25,
                   substeps=2)
 DEFAULT_CONFIGS = ("dense",) + PAPER_ROWS + ("toe1", "toe2", "toe1+6-55-11")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +227,7 @@ def run(args) -> dict:
         "attention_runs_as": attention.runs_as(bench.attention, dtype=DTYPES[args.dtype],
                                                head_dim=head_dim),
         "tokens_per_layer": [a for a, _ in (model.routing_plan.tokens_per_layer())],
-        "toe_tokens": model.toe.num_out if model.toe else None,
+        "toe_tokens": 1 + model.toe.num_selected if model.toe else None,
         "images_per_sec": rate,
         "step_ms_median": seconds * 1e3,
         "timed_steps": len(times[k]),

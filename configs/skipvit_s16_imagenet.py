@@ -19,12 +19,8 @@ dense baseline's (configs/vit_s16_imagenet.py) plus 15 drop warm-up epochs. Pape
 import ml_collections
 
 from configs import common, vit_s16_imagenet
+from skipvit_jax.routing import PAPER_ROWS as ROWS
 from skipvit_jax.routing import RoutingConfig
-
-ROWS = (
-    "6-45-fused", "4.7-30.30-10", "4.7-30.30-11", "6.8-35.35-10", "6.8-35.35-11",
-    "6-45-11", "6-50-11", "6-55-11",
-)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

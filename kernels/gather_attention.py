@@ -96,8 +96,6 @@ def gather_attention_reference(
     k: jax.Array,
     v: jax.Array,
     keep_idx: jax.Array | None = None,
-    *,
-    interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   """Plain-jnp gather-attention with `gather_attention`'s contract; runs on any backend.
 
@@ -110,7 +108,6 @@ def gather_attention_reference(
     v: (B, N, H, D) values.
     keep_idx: (B, K) int32 kept patch positions (0-based, [CLS] excluded), unique,
       ascending by convention; None attends over all N tokens.
-    interpret: ignored; accepted so both functions share one signature.
 
   Returns:
     out: (B, 1 + K, H, D) in the input dtype, [CLS] first, then the kept patches in
@@ -118,7 +115,6 @@ def gather_attention_reference(
     cls_scores: (B, K) float32 ((B, N - 1) when keep_idx is None): the [CLS] row of the
       kept-token attention probabilities at the kept patches, averaged over heads.
   """
-  del interpret
   _check_inputs(q, k, v, keep_idx)
   if keep_idx is not None:
     rows = _kept_rows(keep_idx)[:, :, None, None]  # (B, 1 + K, 1, 1)

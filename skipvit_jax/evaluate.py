@@ -26,12 +26,23 @@ from skipvit_jax.routing import RoutingConfig
 AXIS = parallel.AXIS
 
 
-def patch_overlap(mask: jax.Array, patch_size: int) -> jax.Array:
-  """mask: (B, S, S) object pixels -> (B, P) bool, patches in row-major order (as the ViT)."""
-  batch, size = mask.shape[0], mask.shape[1]
-  side = size // patch_size
-  patches = mask.reshape(batch, side, patch_size, side, patch_size)
-  return jnp.any(patches > 0, axis=(2, 4)).reshape(batch, side * side)
+def patch_overlap(mask, patch_size: int):
+  """Which ViT patches touch the object; numpy and jax arrays alike (only reshape and any).
+
+  Args:
+    mask: (..., S, S) object mask, nonzero on the object; S divisible by patch_size.
+    patch_size: p, the ViT's patch side.
+
+  Returns:
+    (..., P) bool with P = (S / p)^2, in row-major patch order (the order of a ViT's patch
+    tokens, [CLS] excluded): True where the patch holds at least one object pixel.
+  """
+  size = mask.shape[-1]
+  if mask.shape[-2] != size or size % patch_size:
+    raise ValueError(f"mask must be (..., S, S), S divisible by {patch_size}; got {mask.shape}")
+  grid = size // patch_size
+  patches = mask.reshape(*mask.shape[:-2], grid, patch_size, grid, patch_size)
+  return (patches != 0).any(axis=(-3, -1)).reshape(*mask.shape[:-2], grid * grid)
 
 
 def in_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:

@@ -28,6 +28,11 @@ RATIO_BASES = ("present", "original")
 # independent uniform draws, which keep a uniformly random subset of the same size (the
 # Random-LTD / patch-dropout control).
 SCORES = ("cls_attention", "random")
+# The SkipViT paper's Table 1 rows, by name (see RoutingConfig.from_paper_row).
+PAPER_ROWS = (
+    "6-45-fused", "4.7-30.30-10", "4.7-30.30-11", "6.8-35.35-10", "6.8-35.35-11",
+    "6-45-11", "6-50-11", "6-55-11",
+)
 
 
 def cls_attention_scores(q: jax.Array, k: jax.Array) -> jax.Array:
@@ -81,8 +86,8 @@ def split_tokens(
   keep_idx = jnp.sort(order[:, :num_keep], axis=-1).astype(jnp.int32)
   drop_idx = jnp.sort(order[:, num_keep:], axis=-1).astype(jnp.int32)
   patches = x[:, 1:]
-  kept = jnp.concatenate([x[:, :1], _take_tokens(patches, keep_idx)], axis=1)
-  return kept, keep_idx, _take_tokens(patches, drop_idx), drop_idx
+  kept = jnp.concatenate([x[:, :1], take_tokens(patches, keep_idx)], axis=1)
+  return kept, keep_idx, take_tokens(patches, drop_idx), drop_idx
 
 
 def restore_tokens(
@@ -107,7 +112,7 @@ def restore_tokens(
   positions = jnp.concatenate([keep_idx, drop_idx], axis=1)  # (B, P), a permutation
   tokens = jnp.concatenate([kept[:, 1:], dropped], axis=1)  # (B, P, C)
   slot_of_position = jnp.argsort(positions, axis=-1)  # inverse permutation
-  return jnp.concatenate([kept[:, :1], _take_tokens(tokens, slot_of_position)], axis=1)
+  return jnp.concatenate([kept[:, :1], take_tokens(tokens, slot_of_position)], axis=1)
 
 
 def fuse_tokens(dropped: jax.Array, drop_scores: jax.Array, *, normalize: bool = False) -> jax.Array:
@@ -153,8 +158,8 @@ def route(
   return kept, Split(scores, keep_idx, drop_idx, dropped)
 
 
-def _take_tokens(tokens: jax.Array, idx: jax.Array) -> jax.Array:
-  """tokens: (B, N, C), idx: (B, K) -> (B, K, C)."""
+def take_tokens(tokens: jax.Array, idx: jax.Array) -> jax.Array:
+  """tokens: (B, N, C), idx: (B, K) -> (B, K, C): each example's tokens at its indices."""
   return jnp.take_along_axis(tokens, idx[:, :, None], axis=1)
 
 

@@ -72,6 +72,7 @@ from absl.flags import argparse_flags
 from ml_collections import config_flags
 
 from skipvit_jax import stopping
+from skipvit_jax.throughput import format_duration
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "main.py"
@@ -305,7 +306,7 @@ def run_sweep(sweep: Sweep, sweep_dir: str | os.PathLike, *,
     finally:  # an interrupted sweep still leaves its tables
       write_results(sweep, sweep_dir, overrides)
     logging.info("[%d/%d] %s: %s after %s%s", i, len(sweep.runs), run.dir_name, state["status"],
-                 _duration(state["wall_time_s"]),
+                 format_duration(state["wall_time_s"]),
                  f"\n{state['error']}" if state["status"] == "failed" else "")
   return write_results(sweep, sweep_dir, overrides)
 
@@ -444,14 +445,6 @@ def aggregate(rows: list[dict], dense: str | None = None) -> list[dict]:
   return out
 
 
-def _duration(seconds: float | None) -> str:
-  if seconds is None:
-    return "-"
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
 def _fmt(column: str, value: Any) -> str:
   """A cell of results.md."""
   if value is None:
@@ -461,7 +454,7 @@ def _fmt(column: str, value: Any) -> str:
   if column.startswith("speedup"):
     return f"{value:.2f}x"
   if column == "wall_time_s":
-    return _duration(value)
+    return format_duration(value)
   if column == "images_per_sec":
     return f"{value:.0f}"
   if column.startswith(("kept_object_recall", "keep_ratio")):

@@ -8,6 +8,13 @@ import time
 from typing import Iterator
 
 
+def format_duration(seconds: float) -> str:
+  """3725 -> "1h02m"; 95 -> "1m35s"."""
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
 class ThroughputMeter:
   """Images per second, per log window and over the whole run."""
 

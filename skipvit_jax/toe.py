@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DISTANCES = ("cosine",)
+from skipvit_jax.routing import take_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +36,8 @@ class ToEPlan:
     seeds: seed patch positions (0-based, [CLS] excluded), ascending. Empty when inactive.
     adds: tokens added by each expansion sub-step, in order, over stages 1..stage
       (`stage * substeps` entries; entries can be 0). Empty when inactive.
-    num_selected: S, patch tokens after ToE; `num_patches` when inactive.
-    num_out: 1 + S, tokens after ToE with [CLS].
+    num_selected: S, patch tokens after ToE; `num_patches` when inactive. With [CLS], ToE
+      outputs 1 + S tokens.
     num_patches: P, patch tokens before ToE.
   """
 
@@ -46,7 +46,6 @@ class ToEPlan:
   seeds: tuple[int, ...]
   adds: tuple[int, ...]
   num_selected: int
-  num_out: int
   num_patches: int
 
   def __post_init__(self):
@@ -54,10 +53,10 @@ class ToEPlan:
     object.__setattr__(self, "seeds", tuple(int(p) for p in self.seeds))
     object.__setattr__(self, "adds", tuple(int(m) for m in self.adds))
     selected = len(self.seeds) + sum(self.adds) if self.active else self.num_patches
-    if self.num_selected != selected or self.num_out != 1 + selected:
+    if self.num_selected != selected:
       raise ValueError(
-          f"ToEPlan: num_selected/num_out must be {selected}/{1 + selected} "
-          f"(seeds + adds when active, else num_patches), got {self.num_selected}/{self.num_out}"
+          f"ToEPlan: num_selected must be {selected} (seeds + adds when active, else "
+          f"num_patches), got {self.num_selected}"
       )
     if self.active and not (
         self.seeds
@@ -178,7 +177,7 @@ def _stage_plan(
   the behaviour: e.g. 0.7 - 0.4 = 0.29999999999999993, so 100 patches add 29, not 30)."""
   last = len(rates)
   if stage == 0 or (stage == last and rates[-1] == 1.0):
-    return ToEPlan(stage, False, (), (), num_patches, 1 + num_patches, num_patches)
+    return ToEPlan(stage, False, (), (), num_patches, num_patches)
   increments = [rates[0] - init_rate] + [b - a for a, b in zip(rates, rates[1:])]
   # Floor division of floats: 1 // 0.2 == 4.0, so r0 = 0.2 seeds every 4th patch.
   stride = int(1 // init_rate)
@@ -199,7 +198,7 @@ def _stage_plan(
     part = count // substeps
     adds += [part] * (substeps - 1) + [count - (substeps - 1) * part]
   selected = len(seeds) + sum(adds)
-  return ToEPlan(stage, True, seeds, tuple(adds), selected, 1 + selected, num_patches)
+  return ToEPlan(stage, True, seeds, tuple(adds), selected, num_patches)
 
 
 def expand_tokens(
@@ -207,11 +206,10 @@ def expand_tokens(
     plan: ToEPlan,
     *,
     precision: jax.lax.PrecisionLike = None,
-    distance: str = "cosine",
 ) -> tuple[jax.Array, jax.Array]:
   """ToE's token reduction (§5-§7): seeds, expansion by cosine farthest-point sub-steps, merge.
 
-  Jit with `plan` (and `precision`, `distance`) static. Selection takes no gradient; values
+  Jit with `plan` (and `precision`) static. Selection takes no gradient; values
   flow through the gather and the mean, so each token gets the cotangent of its output slot
   divided by the slot's group size (1 + members).
 
@@ -225,7 +223,6 @@ def expand_tokens(
     plan: from `make_plan`, with plan.num_patches == P.
     precision: precision of the similarity matmul (None: the backend's default, which on GPU
       may be TF32/bf16 and can reorder near-ties; tests use Precision.HIGHEST).
-    distance: "cosine" only (the reference's other distances invert its logic, §13).
 
   Returns:
     out: (B, 1 + S, C), [CLS] unchanged, then the selected tokens in selection order (seeds
@@ -234,8 +231,6 @@ def expand_tokens(
     out_index: (B, 1 + S) int32 positions in the full sequence: 0 for [CLS], 1 + patch
       position otherwise; arange(1 + P) when the plan is inactive.
   """
-  if distance not in DISTANCES:
-    raise ValueError(f"distance: must be one of {DISTANCES}, got {distance!r}")
   if x.ndim != 3 or x.shape[1] != 1 + plan.num_patches:
     raise ValueError(
         f"x must be (B, 1 + P, C) with P = plan.num_patches = {plan.num_patches}, got {x.shape}"
@@ -245,10 +240,10 @@ def expand_tokens(
   patches = x[:, 1:]
   sims = _cosine_similarities(patches, precision)
   selected_idx, remaining_idx = _expand(sims, plan)
-  selected = _take_tokens(patches, selected_idx)
+  selected = take_tokens(patches, selected_idx)
   if plan.num_merged:
     hosts = jnp.argmax(_pair_similarities(sims, remaining_idx, selected_idx), axis=-1)
-    selected = _merge_mean(selected, _take_tokens(patches, remaining_idx), hosts)
+    selected = _merge_mean(selected, take_tokens(patches, remaining_idx), hosts)
   out = jnp.concatenate([x[:, :1], selected.astype(x.dtype)], axis=1)
   cls_index = jnp.zeros((x.shape[0], 1), jnp.int32)
   return out, jnp.concatenate([cls_index, selected_idx.astype(jnp.int32) + 1], axis=1)
@@ -356,8 +351,3 @@ def _pair_similarities(sims: jax.Array, rows: jax.Array, cols: jax.Array) -> jax
   """sims: (B, P, P), rows: (B, R), cols: (B, K) -> (B, R, K) = sims[b, rows, cols]."""
   picked = jnp.take_along_axis(sims, cols[:, None, :], axis=2)  # (B, P, K)
   return jnp.take_along_axis(picked, rows[:, :, None], axis=1)
-
-
-def _take_tokens(tokens: jax.Array, idx: jax.Array) -> jax.Array:
-  """tokens: (B, N, C), idx: (B, K) -> (B, K, C)."""
-  return jnp.take_along_axis(tokens, idx[:, :, None], axis=1)

@@ -33,7 +33,7 @@ from skipvit_jax.data import pipeline
 from skipvit_jax.metric_writer import MetricWriter
 from skipvit_jax.models.vit import ViT
 from skipvit_jax.routing import RoutingConfig
-from skipvit_jax.throughput import ThroughputMeter
+from skipvit_jax.throughput import ThroughputMeter, format_duration
 # The config -> model and schedule builders, here where the trainer's users look for them.
 from skipvit_jax.validation import (build_model, routing_config, toe_schedule,  # pylint: disable=unused-import
                                     total_train_steps)
@@ -258,7 +258,7 @@ class Progress:
     rate = self._meter.window_rate()
     if rate is not None:
       record["train/images_per_sec"] = rate
-    eta = _format_duration(self._meter.seconds_for(self._total - step))
+    eta = format_duration(self._meter.seconds_for(self._total - step))
     logging.info("step %d/%d  epoch %.2f  loss %.4f  lr %.2e  img/s %s  ETA %s", step,
                  self._total, record["train/epoch"], record["train/loss"],
                  record["train/learning_rate"], "n/a" if rate is None else f"{rate:.1f}", eta)
@@ -275,12 +275,6 @@ class NonFiniteError(FloatingPointError):
                      f"grad_norm={grad_norm}); stopping. Neither this step's update nor a later "
                      f"one was applied: the checkpoint at step {step - 1} holds the last finite "
                      "state.")
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  hours, rest = divmod(seconds, 3600)
-  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,15 +20,12 @@ from typing import Any
 import jax
 import ml_collections
 
-import jax.numpy as jnp
-
 from skipvit_jax import attention, pretrained, schedule
 from skipvit_jax.data import fashion_mnist, pipeline, randaugment
 from skipvit_jax.models.variants import decode_variant
-from skipvit_jax.models.vit import GELUS, ViT
+from skipvit_jax.models.vit import DTYPES, GELUS, ViT
 from skipvit_jax.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _SYNTHETIC_SIZES = (32, 224)  # skipvit_jax.data.synthetic.IMAGE_SIZE_RANGE
 
 

@@ -10,7 +10,7 @@ DEIT_S_TOE = schedule.ToESchedule((0, 100, 200), (0.5, 0.75, 1.0), 0.25, 2)
 
 
 def _summary(phases):
-  return [(p.name, p.start_step, p.end_step, p.toe.num_out if p.toe else None) for p in phases]
+  return [(p.name, p.start_step, p.end_step, 1 + p.toe.num_selected if p.toe else None) for p in phases]
 
 
 def test_drop_warmup_gives_two_phases():

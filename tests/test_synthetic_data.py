@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from skipvit_jax import evaluate
 from skipvit_jax.data import synthetic
 
 # Tiny splits keep each TFDS preparation under a second.
@@ -99,20 +100,20 @@ def test_patch_object_overlap_on_a_hand_made_mask():
   mask[1, 6] = 1  # patch row 0, column 1
   mask[5:7, 0:2] = 1  # patch row 1, column 0
   expected = np.array([False, True, True, False])
-  np.testing.assert_array_equal(synthetic.patch_object_overlap(mask, 4), expected)
-  np.testing.assert_array_equal(synthetic.patch_object_overlap(jnp.asarray(mask), 4), expected)
+  np.testing.assert_array_equal(evaluate.patch_overlap(mask, 4), expected)
+  np.testing.assert_array_equal(evaluate.patch_overlap(jnp.asarray(mask), 4), expected)
   batch = np.stack([mask, np.zeros_like(mask), np.ones_like(mask)])  # (3, 8, 8)
   np.testing.assert_array_equal(
-      synthetic.patch_object_overlap(batch, 4), [expected, [False] * 4, [True] * 4]
+      evaluate.patch_overlap(batch, 4), [expected, [False] * 4, [True] * 4]
   )
-  np.testing.assert_array_equal(synthetic.patch_object_overlap(mask, 1), mask.reshape(-1) == 1)
+  np.testing.assert_array_equal(evaluate.patch_overlap(mask, 1), mask.reshape(-1) == 1)
   with pytest.raises(ValueError, match="divisible"):
-    synthetic.patch_object_overlap(mask, 3)
+    evaluate.patch_overlap(mask, 3)
 
 
 def test_patch_object_overlap_covers_the_rendered_object():
   _, mask, _ = _render(5, 0, 32)
-  overlap = synthetic.patch_object_overlap(mask, 4)  # (64,)
+  overlap = evaluate.patch_overlap(mask, 4)  # (64,)
   covered = np.kron(overlap.reshape(8, 8), np.ones((4, 4), bool))  # (32, 32)
   assert overlap.any() and not overlap.all()
   assert not (mask.astype(bool) & ~covered).any()

@@ -20,7 +20,7 @@ EFFICIENTTRAIN = dict(DEIT_S, keep_rates=(0.6, 0.8, 1.0), init_rate=0.3)
 YOLOS_S = dict(DEIT_S, expansion_epochs=(5, 50, 100))
 CONFIGS = {"deit_s": DEIT_S, "lvvit_s": LVVIT_S, "efficienttrain": EFFICIENTTRAIN}
 
-expand_jit = jax.jit(toe.expand_tokens, static_argnames=("plan", "precision", "distance"))
+expand_jit = jax.jit(toe.expand_tokens, static_argnames=("plan", "precision"))
 
 
 def _plan(config, num_patches, stage):
@@ -65,7 +65,7 @@ def test_plan_counts_of_released_configs(config, num_patches, stage, num_seeds, 
   plan = _plan(CONFIGS[config], num_patches, stage)
   assert plan.stage == stage and plan.active
   assert (len(plan.seeds), plan.adds) == (num_seeds, adds)
-  assert (plan.num_selected, plan.num_out) == (num_selected, 1 + num_selected)
+  assert plan.num_selected == num_selected
   assert (plan.num_patches, plan.num_merged) == (num_patches, num_patches - num_selected)
   seeds, reference_adds = _reference_schedule(CONFIGS[config], num_patches, stage)
   assert plan.seeds == tuple(seeds) and plan.adds == tuple(reference_adds)
@@ -75,7 +75,7 @@ def test_plan_counts_of_released_configs(config, num_patches, stage, num_seeds, 
 @pytest.mark.parametrize("num_patches", [64, 196, 576])
 def test_final_stage_with_rate_one_is_off(config, num_patches):
   plan = _plan(CONFIGS[config], num_patches, 3)
-  assert plan == ToEPlan(3, False, (), (), num_patches, 1 + num_patches, num_patches)
+  assert plan == ToEPlan(3, False, (), (), num_patches, num_patches)
 
 
 @pytest.mark.parametrize(
@@ -113,13 +113,13 @@ def test_float_increment_is_truncated():
 )
 def test_stage_boundaries(config, epoch, stage, num_out):
   plan = toe.make_plan(196, epoch=epoch, **config)
-  assert (plan.stage, plan.num_out, plan.active) == (stage, num_out, num_out < 197)
+  assert (plan.stage, 1 + plan.num_selected, plan.active) == (stage, num_out, num_out < 197)
   assert toe.stage_at(config["expansion_epochs"], epoch) == stage
 
 
 def test_stage_zero_plan_is_off():
   plan = toe.make_plan(196, epoch=3, **YOLOS_S)
-  assert plan == ToEPlan(0, False, (), (), 196, 197, 196)
+  assert plan == ToEPlan(0, False, (), (), 196, 196)
 
 
 def test_final_rate_below_one_stays_active_with_its_own_count():
@@ -128,7 +128,7 @@ def test_final_rate_below_one_stays_active_with_its_own_count():
   # a_3 = int(196 * 0.9) - int(196 * (0.3 + 0.5000000000000001)) = 176 - 156 = 20, where
   # int(196 * (0.9 - 0.8)) would give 19.
   assert plan.active and plan.stage == 3
-  assert plan.adds == (29, 29, 19, 20, 10, 10) and plan.num_out == 176
+  assert plan.adds == (29, 29, 19, 20, 10, 10) and 1 + plan.num_selected == 176
   assert plan.adds == tuple(_reference_schedule(config, 196, 3)[1])
 
 
@@ -152,7 +152,7 @@ def test_substep_split_puts_the_remainder_last():
 def test_stage_plans_index_by_stage():
   plans = toe.stage_plans(196, **DEIT_S)
   assert toe.num_stages(DEIT_S["expansion_epochs"]) == 3 and len(plans) == 4
-  assert [p.num_out for p in plans] == [197, 99, 148, 197]
+  assert [1 + p.num_selected for p in plans] == [197, 99, 148, 197]
   assert [p.stage for p in plans] == [0, 1, 2, 3]
   for stage in (1, 2, 3):
     assert plans[stage] == _plan(DEIT_S, 196, stage)
@@ -162,19 +162,18 @@ def test_plan_is_hashable_and_normalises_lists():
   plan = toe.make_plan(196, epoch=0, **dict(DEIT_S, expansion_epochs=[0, 100, 200],
                                             keep_rates=[0.5, 0.75, 1.0]))
   assert plan == _plan(DEIT_S, 196, 1) and hash(plan) == hash(_plan(DEIT_S, 196, 1))
-  by_hand = ToEPlan(1, True, list(plan.seeds), list(plan.adds), 98, 99, 196)
+  by_hand = ToEPlan(1, True, list(plan.seeds), list(plan.adds), 98, 196)
   assert by_hand == plan and hash(by_hand) == hash(plan)
 
 
 @pytest.mark.parametrize(
     "fields",
     [
-        (1, True, (0, 4), (1,), 4, 5, 8),  # S != seeds + adds
-        (1, True, (0, 4), (1,), 3, 3, 8),  # num_out != 1 + S
-        (1, True, (4, 0), (1,), 3, 4, 8),  # seeds not ascending
-        (1, True, (0, 8), (1,), 3, 4, 8),  # seed out of range
-        (1, True, (), (2,), 2, 3, 8),  # no seeds
-        (0, False, (), (), 7, 8, 8),  # inactive keeps every patch
+        (1, True, (0, 4), (1,), 4, 8),  # S != seeds + adds
+        (1, True, (4, 0), (1,), 3, 8),  # seeds not ascending
+        (1, True, (0, 8), (1,), 3, 8),  # seed out of range
+        (1, True, (), (2,), 2, 8),  # no seeds
+        (0, False, (), (), 7, 8),  # inactive keeps every patch
     ],
 )
 def test_inconsistent_plan_is_rejected(fields):
@@ -335,8 +334,6 @@ def test_input_errors():
   plan = _plan(DEIT_S, 196, 1)
   with pytest.raises(ValueError, match="plan.num_patches = 196"):
     toe.expand_tokens(jnp.zeros((2, 65, 4)), plan)
-  with pytest.raises(ValueError, match=r"^distance:.*\('cosine',\)"):
-    toe.expand_tokens(jnp.zeros((2, 197, 4)), plan, distance="euclidean")
 
 
 def test_low_precision_input_keeps_its_dtype():
@@ -372,7 +369,7 @@ def test_gradient_is_the_slot_cotangent_over_the_group_size():
 def test_no_gradient_through_the_selection():
   plan = _plan(DEIT_S, 64, 2)
   x = _random_tokens(7, 2, 64, 5).astype(np.float32)
-  weights = np.random.default_rng(8).normal(size=(2, plan.num_out, 5)).astype(np.float32)
+  weights = np.random.default_rng(8).normal(size=(2, 1 + plan.num_selected, 5)).astype(np.float32)
   groups = []  # (B, S, P) membership, fixed outside the differentiated function
   for b in range(2):
     selected, remaining, hosts, _ = toe_reference.select(x[b, 1:], plan.seeds, plan.adds)

@@ -84,7 +84,7 @@ def test_training_crosses_every_toe_stage_and_resumes_into_stage_two(tmp_path, m
   original = training_step.train_step
 
   def counting_train_step(*args, **kwargs):  # runs only while tracing
-    traced.append((kwargs["model"].toe.num_out if kwargs["model"].toe else None,
+    traced.append((1 + kwargs["model"].toe.num_selected if kwargs["model"].toe else None,
                    kwargs["model"].routing.routes))
     return original(*args, **kwargs)
 

@@ -202,7 +202,7 @@ def test_selection_rank_and_expansion_step():
 
 
 def test_expansion_step_skips_empty_substeps():
-  plan = toe.ToEPlan(1, True, (0, 4), (0, 2), 4, 5, 8)
+  plan = toe.ToEPlan(1, True, (0, 4), (0, 2), 4, 8)
   rank = np.array([[0, -1, 2, -1, 1, 3, -1, -1]])
   np.testing.assert_array_equal(viz.toe_expansion_step(rank, plan), [[0, -1, 2, -1, 0, 2, -1, -1]])
 

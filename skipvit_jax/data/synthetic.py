@@ -7,7 +7,7 @@ so neither colour nor size tells the class: a model has to look at the shape. Th
 a minority of the image (`AREA_FRACTION`), which is what makes token routing pay off: most
 patches are background a good [CLS] query can skip. Each example also stores the object's
 pixel mask, so the trainer can measure how many object patches a drop layer kept
-(`patch_object_overlap`).
+(`evaluate.patch_overlap`).
 
 The difficulty is set for minutes of CPU training of a 12-layer ViT of width 32 (the default
 config). Measured on a 2-core CPU, 20,000 training images: at 32 px (4 px patches, 2 epochs),
@@ -185,27 +185,6 @@ def render_example(
     image = np.clip(np.round(_ground(rng, image_size)), 0, 255).astype(np.uint8)
   image[mask] = colour
   return image, mask.astype(np.uint8), label
-
-
-def patch_object_overlap(mask: np.ndarray, patch_size: int) -> np.ndarray:
-  """Which ViT patches touch the object.
-
-  Works on numpy and jax arrays alike (only reshape and any).
-
-  Args:
-    mask: (..., S, S) object mask, nonzero on the object; S divisible by patch_size.
-    patch_size: p, the ViT's patch side.
-
-  Returns:
-    (..., P) bool with P = (S / p)^2, in row-major patch order (the order of a ViT's patch
-    tokens, [CLS] excluded): True where the patch holds at least one object pixel.
-  """
-  size = mask.shape[-1]
-  if mask.shape[-2] != size or size % patch_size:
-    raise ValueError(f"mask must be (..., S, S), S divisible by {patch_size}; got {mask.shape}")
-  grid = size // patch_size
-  patches = mask.reshape(*mask.shape[:-2], grid, patch_size, grid, patch_size)
-  return (patches != 0).any(axis=(-3, -1)).reshape(*mask.shape[:-2], grid * grid)
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -100,6 +100,8 @@ class MultiHeadAttention(nn.Module):
     return probs.mean(axis=1)[:, 1:]
 
 
+# Compute dtypes by their config names (parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The GELU each checkpoint family was trained with: vision_transformer and big_vision use
 # flax's default, the tanh approximation; timm and DeiT use PyTorch's exact (erf) form.
 GELUS = ("tanh", "exact")
