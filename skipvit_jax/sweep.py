@@ -153,6 +153,12 @@ def load_sweep(path: str | os.PathLike, seeds: Sequence[int] | None = None) -> S
   return Sweep(path=str(path), runs=runs, dense=dense)
 
 
+def overrides_text(overrides: Mapping[str, Any]) -> str:
+  """{"routing.drop_layers": (6,)} -> "routing.drop_layers=(6,)": overrides as a table shows them."""
+  return " ".join(f"{k}={format_value(tuple(v) if isinstance(v, list) else v)}"
+                  for k, v in overrides.items())
+
+
 def format_value(value: Any) -> str:
   """A Python value as ml_collections' config flags parse it: `(6,)`, `true`, `0.55`."""
   if isinstance(value, bool):
@@ -353,7 +359,7 @@ def collect_run(run: Run, run_dir: str | os.PathLike) -> dict:
                if re.fullmatch(r"eval/(kept_object_recall|keep_ratio)_\d+", key)}
   return {
       "name": run.name, "seed": run.seed, "base": run.base,
-      "overrides": " ".join(f"{k}={format_value(v)}" for k, v in run.overrides.items()),
+      "overrides": dict(run.overrides),  # data (JSON: tuples become lists); tables format it
       "status": status,
       "top1": last_eval.get("eval/top1"),
       "top1_all_tokens": last_eval.get("eval/top1_all_tokens", last_eval.get("eval/top1")),
@@ -517,7 +523,8 @@ def markdown(sweep: Sweep, rows: list[dict], overrides: Mapping[str, Any] | None
             "kept-object recall (keep ratio)",
             *(["base"] if show_base else []), "overrides"]
   cells = [[r["name"], str(r["seed"]), r["status"], *(_fmt(c, r[c]) for c in metrics),
-            _recall_cell(r, recall), *([r["base"]] if show_base else []), r["overrides"] or "-"]
+            _recall_cell(r, recall), *([r["base"]] if show_base else []),
+            overrides_text(r["overrides"]) or "-"]
            for r in rows]
   lines += _markdown_table(header, cells)
   if len({r["seed"] for r in rows}) > 1:
@@ -551,7 +558,8 @@ def write_results(sweep: Sweep, sweep_dir: str | os.PathLike,
   with open(sweep_dir / "results.csv", "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=columns, restval="")
     writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    writer.writerows({k: "" if v is None else overrides_text(v) if k == "overrides" else v
+                      for k, v in row.items()} for row in rows)
   _write_json(sweep_dir / "results.json", {
       "sweep": sweep.path, "dense": sweep.dense,
       "overrides": {k: format_value(v) for k, v in (overrides or {}).items()},

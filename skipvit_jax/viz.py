@@ -15,12 +15,10 @@ Conventions:
 
 from __future__ import annotations
 
-import ast
 import itertools
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -207,36 +205,12 @@ def toe_expansion_step(rank: np.ndarray, plan: ToEPlan) -> np.ndarray:
 
 def load_sweep_results(sweep_dir: str) -> list[dict]:
   """The per-run rows of SWEEP_DIR/results.json (every run and seed, failed ones included),
-  each with its "overrides" as a dict (see `parse_overrides`)."""
+  each with its "overrides" as {config field: value}, tuple values as tuples."""
   with open(os.path.join(sweep_dir, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
-  return [
-      {**row, "overrides": parse_overrides(row.get("overrides") or "")} for row in results["runs"]
-  ]
-
-
-def parse_overrides(text: str) -> dict[str, Any]:
-  """sweep.py's "field=value field=value" text -> {field: Python value}.
-
-  Values are as sweep.format_value writes them: "(6,)" and "(4, 7)" become tuples, "0.55" a
-  float, "true" a bool; anything else (e.g. "fused") stays a string.
-  """
-  overrides = {}
-  # A space starts a new item only where a dotted field name and "=" follow: tuple values
-  # contain spaces too.
-  for item in re.split(r" (?=[A-Za-z_][\w.]*=)", text.strip()) if text.strip() else []:
-    field, _, value = item.partition("=")
-    overrides[field] = _parse_value(value)
-  return overrides
-
-
-def _parse_value(text: str) -> Any:
-  if text in ("true", "false"):
-    return text == "true"
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+  return [{**row, "overrides": {field: tuple(value) if isinstance(value, list) else value
+                                for field, value in row["overrides"].items()}}
+          for row in results["runs"]]
 
 
 def completed_runs(records: Sequence[Mapping], *keys: str) -> list[Mapping]:

@@ -90,15 +90,15 @@ def test_attention_maps_notebook_trains_a_demo_and_plots(tmp_path):
 
 
 def test_sweep_results_notebook_plots_a_sweep(tmp_path):
-  def row(name, top1, speedup, overrides="", status="done"):
+  def row(name, top1, speedup, overrides=None, status="done"):
     return {"name": name, "seed": 0, "base": "configs/default.py:baseline",
-            "overrides": overrides, "status": status, "top1": top1, "top1_all_tokens": top1,
+            "overrides": overrides or {}, "status": status, "top1": top1, "top1_all_tokens": top1,
             "speedup_measured": speedup, "speedup_ideal": speedup, "wall_time_s": 60.0}
 
   rows = [row("dense", 0.31, 1.0), row("broken", None, None, status="failed")]
   for layer, ratio, back in [(3, 0.3, 9), (3, 0.55, 11), (6, 0.3, 9), (6, 0.55, 11)]:
-    overrides = (f"routing.drop_layers=({layer},) routing.drop_ratios=({ratio},) "
-                 f"routing.return_layer={back} drop_warmup_epochs=1.0")
+    overrides = {"routing.drop_layers": [layer], "routing.drop_ratios": [ratio],
+                 "routing.return_layer": back, "drop_warmup_epochs": 1.0}
     rows.append(row(f"{layer}-{int(ratio * 100)}-{back}", 0.3 - ratio / 10 + layer / 100,
                     1 + ratio * (12 - layer) / 10, overrides))
   (tmp_path / "results.json").write_text(json.dumps({"sweep": "grid.py", "runs": rows}))

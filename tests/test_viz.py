@@ -228,22 +228,23 @@ def test_pareto_front_of_a_hand_made_set():
     viz.pareto_front(np.zeros((3,)))
 
 
-def _row(name, status="done", overrides="", **metrics):
+def _row(name, status="done", overrides=None, **metrics):
   """A results.json row as skipvit_jax/sweep.py writes it (the fields viz reads)."""
-  return {"name": name, "seed": 0, "base": "configs/default.py:baseline", "overrides": overrides,
+  return {"name": name, "seed": 0, "base": "configs/default.py:baseline",
+          "overrides": overrides or {},
           "status": status, "top1": None, "speedup_measured": None, **metrics}
 
 
-def test_sweep_rows_load_filter_and_parse_overrides(tmp_path):
+def test_sweep_rows_load_filter_and_give_overrides_as_values(tmp_path):
   rows = [
       _row("dense", top1=0.31, speedup_measured=1.0),
       _row("4.7-30.30-10", top1=0.30, speedup_measured=1.2,
-           overrides="routing.drop_layers=(4, 7) routing.drop_ratios=(0.3, 0.3) "
-                     "routing.return_layer=10 drop_warmup_epochs=1.0"),
+           overrides={"routing.drop_layers": [4, 7], "routing.drop_ratios": [0.3, 0.3],
+                      "routing.return_layer": 10, "drop_warmup_epochs": 1.0}),  # as JSON has them
       _row("6-45-fused", top1=0.29, speedup_measured=1.3,
-           overrides="routing.drop_layers=(6,) routing.drop_ratios=(0.45,) routing.mode=fused "
-                     "toe.enabled=true"),
-      _row("bad", status="failed", overrides="routing.return_layer=3"),
+           overrides={"routing.drop_layers": [6], "routing.drop_ratios": [0.45],
+                      "routing.mode": "fused", "toe.enabled": True}),
+      _row("bad", status="failed", overrides={"routing.return_layer": 3}),
       _row("nan", top1=float("nan"), speedup_measured=1.1),
   ]
   (tmp_path / "results.json").write_text(json.dumps({"sweep": "s.py", "runs": rows}))
