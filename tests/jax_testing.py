@@ -1,6 +1,7 @@
 """Helpers shared by the tests."""
 
 import contextlib
+import functools
 
 import jax
 
@@ -26,3 +27,24 @@ def count_compilations(name_contains: str = ""):
     yield count
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def trace_counter(fn):
+  """`fn` wrapped to count its calls in `.calls` (each call's kwargs). Under jit or pmap, the
+  body of a function runs only while it is traced, once per compilation of the program that
+  calls it, so `len(wrapper.calls)` counts the project's own compiles without relying on the
+  names JAX gives its programs."""
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    wrapper.calls.append(kwargs)
+    return fn(*args, **kwargs)
+
+  wrapper.calls = []
+  return wrapper
+
+
+def count_traces(monkeypatch, module, name: str):
+  """Replaces `module.name` by its `trace_counter` for the test; returns the counter."""
+  counter = trace_counter(getattr(module, name))
+  monkeypatch.setattr(module, name, counter)
+  return counter

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from skipvit_jax import distributed, inspect_run, train, training_step
+from skipvit_jax import distributed, evaluate, inspect_run, train, training_step
 from skipvit_jax.checkpointing import Checkpoints
 from skipvit_jax.data import pipeline
-from tests.jax_testing import count_compilations
+from tests.jax_testing import count_compilations, count_traces
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST = 128, 50  # 50 is not a multiple of the eval batch
@@ -153,19 +153,13 @@ def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
 
 
 def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, monkeypatch):
-  traced_routings = []
-  original = training_step.train_step
-
-  def counting_train_step(*args, **kwargs):  # runs only while tracing
-    traced_routings.append(kwargs["model"].routing)
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(training_step, "train_step", counting_train_step)
-  with count_compilations("_fun") as compiles:  # pmap's programs
-    train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
-  assert [r.routes for r in traced_routings] == [False, True]  # warm-up, then routed
-  # Two train steps and two eval steps (routed and all tokens), over 8 steps.
-  assert compiles[0] == 4, compiles[1]
+  train_steps = count_traces(monkeypatch, training_step, "train_step")
+  eval_steps = count_traces(monkeypatch, evaluate, "eval_step")
+  train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
+  # Two train steps (warm-up, then routed) and two eval steps (routed and all tokens), over 8
+  # steps and two evaluations.
+  assert [c["model"].routing.routes for c in train_steps.calls] == [False, True]
+  assert [c["model"].routing.routes for c in eval_steps.calls] == [True, False]
 
 
 def test_nonfinite_loss_stops_naming_the_step(data_dir, tmp_path):
