@@ -24,7 +24,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from skipvit_jax import sweep, viz  # pylint: disable=g-import-not-at-top
+from skipvit_jax import sweep  # pylint: disable=g-import-not-at-top
+from skipvit_jax.viz import plots, sweeps  # pylint: disable=g-import-not-at-top
 
 RECALL = "eval/kept_object_recall_0"
 KEEP_RATIO = "eval/keep_ratio_0"
@@ -61,10 +62,10 @@ def main() -> None:
   means = results["mean_std_over_seeds"]
   print(json.dumps(contrasts(results["runs"]), indent=1))
 
-  points = [{"name": m["name"], viz.SPEEDUP: m["speedup_measured_mean"],
-             viz.ACCURACY: 100 * m["top1_mean"]}
+  points = [{"name": m["name"], sweeps.SPEEDUP: m["speedup_measured_mean"],
+             sweeps.ACCURACY: 100 * m["top1_mean"]}
             for m in means if m["seeds"] and m["speedup_measured_mean"] is not None]
-  ax = viz.plot_pareto(points, label_all=True)
+  ax = plots.plot_pareto(points, label_all=True)
   ax.set_xlabel("measured training speedup over dense (same seed)")
   ax.set_ylabel("top-1 % with the run's routing (mean over seeds)")
   ax.figure.tight_layout()
@@ -74,10 +75,10 @@ def main() -> None:
   for name in RECALL_RUNS:
     run_dir = os.path.join(args.sweep_dir, f"{name}_seed0")
     if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-      histories[name] = viz.eval_history(run_dir, RECALL)
+      histories[name] = sweeps.eval_history(run_dir, RECALL)
       if name == "6-55-11":
-        keep_ratio = viz.eval_history(run_dir, KEEP_RATIO)[1][-1]
-  ax = viz.plot_eval_history(histories, ylabel="kept-object recall, first drop layer",
+        keep_ratio = sweeps.eval_history(run_dir, KEEP_RATIO)[1][-1]
+  ax = plots.plot_eval_history(histories, ylabel="kept-object recall, first drop layer",
                              reference=keep_ratio, reference_label="keep ratio of 6-55-11")
   ax.figure.tight_layout()
   ax.figure.savefig(os.path.join(args.out, "recall_vs_epoch.png"), dpi=150)

@@ -1,4 +1,4 @@
-"""skipvit_jax.viz: attention maps on the patch grid, kept-patch overlays, ToE seeds / order /
+"""skipvit_jax.viz (maps, sweeps, plots): attention maps on the patch grid, kept-patch overlays, ToE seeds / order /
 merge groups (toe.merge_assignment against tests/toe_reference.py), sweep records and the
 Pareto front."""
 
@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from skipvit_jax import RoutingConfig, ViT, sweep, toe, viz
+from skipvit_jax import RoutingConfig, ViT, sweep, toe
+from skipvit_jax.viz import maps as patch_maps
+from skipvit_jax.viz import plots, sweeps
 from tests import toe_reference
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -42,18 +44,18 @@ def toe_skip_aux():
 
 
 def test_cls_rows_sum_to_one_and_maps_cover_the_patch_grid(skip_aux):
-  rows = viz.cls_attention_rows(skip_aux)
+  rows = patch_maps.cls_attention_rows(skip_aux)
   assert [r.shape for r in rows] == [(2, 65)] * 6 + [(2, 33)] * 4 + [(2, 65)] * 2
   for row in rows:
     np.testing.assert_allclose(row.sum(axis=1), 1.0, rtol=1e-5)
 
-  maps = viz.cls_attention_maps(skip_aux, 64)
+  maps = patch_maps.cls_attention_maps(skip_aux, 64)
   assert maps.shape == (12, 2, 64) and maps.dtype == np.float32
   present = ~np.isnan(maps)
   assert present[:6].all() and present[10:].all()
   kept = skip_aux["routing"][0]["kept_positions"]
   for layer in range(7, 11):  # only the kept patches have tokens between drop and return
-    np.testing.assert_array_equal(present[layer - 1], viz.kept_mask(skip_aux, 0, 64))
+    np.testing.assert_array_equal(present[layer - 1], patch_maps.kept_mask(skip_aux, 0, 64))
     for b in range(2):
       np.testing.assert_array_equal(maps[layer - 1, b, kept[b]], rows[layer - 1][b, 1:])
   # What is not on the grid is exactly [CLS]'s attention to itself.
@@ -81,7 +83,7 @@ def _fake_aux(seen_at):
     [(0, 1, 2, 3), (2, 0, 3), (2, 0, 3), (2, 3, -1), (2, 3, -1)],
 ])
 def test_maps_put_each_tokens_attention_on_its_patch(seen_at):
-  maps = viz.cls_attention_maps(_fake_aux(seen_at), 4)
+  maps = patch_maps.cls_attention_maps(_fake_aux(seen_at), 4)
   for layer, seen in enumerate(seen_at, start=1):
     want = np.full(4, np.nan, np.float32)
     for j, position in enumerate(seen):
@@ -99,7 +101,7 @@ def test_toe_positions_follow_out_index_and_keep_idx(toe_skip_aux):
   record = toe_skip_aux["routing"][0]
   np.testing.assert_array_equal(
       np.take_along_axis(positions[5], record["keep_idx"], axis=1), record["kept_positions"])
-  maps = viz.cls_attention_maps(toe_skip_aux, 64)
+  maps = patch_maps.cls_attention_maps(toe_skip_aux, 64)
   assert (~np.isnan(maps)).sum(axis=2).tolist() == [[n, n] for n in [64] + [32] * 5 + [16] * 4 + [32] * 2]
 
 
@@ -111,14 +113,14 @@ def test_overlay_paints_exactly_the_kept_and_dropped_patches(skip_aux):
   record = skip_aux["routing"][0]
   # Without ToE the sequence at layer 6 is in patch order: positions are the indices.
   np.testing.assert_array_equal(record["kept_positions"], record["keep_idx"])
-  fates = viz.patch_fates(skip_aux, 0, 64)
-  kept = viz.kept_mask(skip_aux, 0, 64)
+  fates = patch_maps.patch_fates(skip_aux, 0, 64)
+  kept = patch_maps.kept_mask(skip_aux, 0, 64)
   assert (kept.sum(axis=1) == 32).all()
   assert all(kept[b, record["keep_idx"][b]].all() for b in range(2))
   red, blue = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)
   for b in range(2):
-    painted = viz.overlay_patches(np.zeros((32, 32, 3), np.uint8), fates[b], 4,
-                                  {viz.KEPT: red, viz.DROPPED: blue}, alpha=1.0)
+    painted = patch_maps.overlay_patches(np.zeros((32, 32, 3), np.uint8), fates[b], 4,
+                                  {patch_maps.KEPT: red, patch_maps.DROPPED: blue}, alpha=1.0)
     for position in range(64):
       block = painted[4 * (position // 8):4 * (position // 8 + 1), 4 * (position % 8):4 * (position % 8 + 1)]
       want = red if position in record["keep_idx"][b] else blue
@@ -129,7 +131,7 @@ def test_overlay_paints_exactly_the_kept_and_dropped_patches(skip_aux):
 def test_overlay_blends_and_leaves_uncoloured_labels():
   image = np.full((4, 4, 3), 0.5, np.float32)
   labels = np.array([True, False, False, True])  # a 2x2 patch grid of 2x2 pixels
-  out = viz.overlay_patches(image, labels, 2, {False: (1.0, 1.0, 1.0), True: None}, alpha=0.5)
+  out = patch_maps.overlay_patches(image, labels, 2, {False: (1.0, 1.0, 1.0), True: None}, alpha=0.5)
   assert (image == 0.5).all()  # painted on a copy
   np.testing.assert_array_equal(out[:2, :2], image[:2, :2])
   np.testing.assert_allclose(out[:2, 2:], 0.75)
@@ -137,11 +139,11 @@ def test_overlay_blends_and_leaves_uncoloured_labels():
 
 
 def test_fates_mark_toe_merged_patches_absent(toe_skip_aux):
-  fates = viz.patch_fates(toe_skip_aux, 0, 64)
-  rank = viz.toe_selection_rank(toe_skip_aux["toe"]["out_index"], 64)
-  np.testing.assert_array_equal(fates == viz.ABSENT, rank < 0)
-  assert ((fates == viz.KEPT).sum(axis=1) == 16).all()
-  assert ((fates == viz.DROPPED).sum(axis=1) == 16).all()
+  fates = patch_maps.patch_fates(toe_skip_aux, 0, 64)
+  rank = patch_maps.toe_selection_rank(toe_skip_aux["toe"]["out_index"], 64)
+  np.testing.assert_array_equal(fates == patch_maps.ABSENT, rank < 0)
+  assert ((fates == patch_maps.KEPT).sum(axis=1) == 16).all()
+  assert ((fates == patch_maps.DROPPED).sum(axis=1) == 16).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,8 +192,8 @@ def test_merge_assignment_of_an_inactive_plan_is_the_identity():
 def test_selection_rank_and_expansion_step():
   x = _toe_input(seed=7)
   _, out_index = toe.expand_tokens(x, STAGE1, precision=HIGHEST)
-  rank = viz.toe_selection_rank(np.asarray(out_index), 64)
-  steps = viz.toe_expansion_step(rank, STAGE1)
+  rank = patch_maps.toe_selection_rank(np.asarray(out_index), 64)
+  steps = patch_maps.toe_expansion_step(rank, STAGE1)
   for b in range(2):
     selected, remaining, _, _ = toe_reference.select(x[b, 1:], STAGE1.seeds, STAGE1.adds)
     np.testing.assert_array_equal(rank[b, selected], np.arange(32))
@@ -204,7 +206,7 @@ def test_selection_rank_and_expansion_step():
 def test_expansion_step_skips_empty_substeps():
   plan = toe.ToEPlan(1, True, (0, 4), (0, 2), 4, 8)
   rank = np.array([[0, -1, 2, -1, 1, 3, -1, -1]])
-  np.testing.assert_array_equal(viz.toe_expansion_step(rank, plan), [[0, -1, 2, -1, 0, 2, -1, -1]])
+  np.testing.assert_array_equal(patch_maps.toe_expansion_step(rank, plan), [[0, -1, 2, -1, 0, 2, -1, -1]])
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,10 +224,10 @@ def test_pareto_front_of_a_hand_made_set():
       [1.5, 0.70],  # 6: equal to 4: both kept
       [0.9, 0.60],  # 7: dominated by 0
   ])
-  np.testing.assert_array_equal(viz.pareto_front(points), [0, 1, 4, 6])
-  assert viz.pareto_front(np.zeros((0, 2))).tolist() == []
+  np.testing.assert_array_equal(sweeps.pareto_front(points), [0, 1, 4, 6])
+  assert sweeps.pareto_front(np.zeros((0, 2))).tolist() == []
   with pytest.raises(ValueError, match=r"\(N, 2\)"):
-    viz.pareto_front(np.zeros((3,)))
+    sweeps.pareto_front(np.zeros((3,)))
 
 
 def _row(name, status="done", overrides=None, **metrics):
@@ -248,7 +250,7 @@ def test_sweep_rows_load_filter_and_give_overrides_as_values(tmp_path):
       _row("nan", top1=float("nan"), speedup_measured=1.1),
   ]
   (tmp_path / "results.json").write_text(json.dumps({"sweep": "s.py", "runs": rows}))
-  loaded = viz.load_sweep_results(str(tmp_path))
+  loaded = sweeps.load_sweep_results(str(tmp_path))
   assert [r["name"] for r in loaded] == ["dense", "4.7-30.30-10", "6-45-fused", "bad", "nan"]
   assert loaded[1]["overrides"] == {
       "routing.drop_layers": (4, 7), "routing.drop_ratios": (0.3, 0.3),
@@ -256,10 +258,10 @@ def test_sweep_rows_load_filter_and_give_overrides_as_values(tmp_path):
   assert loaded[2]["overrides"] == {
       "routing.drop_layers": (6,), "routing.drop_ratios": (0.45,), "routing.mode": "fused",
       "toe.enabled": True}
-  done = viz.completed_runs(loaded, viz.ACCURACY, viz.SPEEDUP)
+  done = sweeps.completed_runs(loaded, sweeps.ACCURACY, sweeps.SPEEDUP)
   assert [r["name"] for r in done] == ["dense", "4.7-30.30-10", "6-45-fused"]
-  assert viz.sweep_parameter(done[1], "routing.return_layer") == 10
-  assert viz.sweep_parameter(done[0], "routing.return_layer") is None  # the base config's
+  assert sweeps.sweep_parameter(done[1], "routing.return_layer") == 10
+  assert sweeps.sweep_parameter(done[0], "routing.return_layer") is None  # the base config's
 
 
 def test_sweep_results_written_by_the_sweep_runner_load_back(tmp_path):
@@ -268,11 +270,11 @@ def test_sweep_results_written_by_the_sweep_runner_load_back(tmp_path):
   runs = [sweep.Run("dense", 0, "configs/default.py:baseline", {}),
           sweep.Run("4.7-30.30-10", 0, "configs/default.py:baseline", overrides)]
   sweep.write_results(sweep.Sweep("s.py", runs, "dense"), tmp_path)  # never run: "pending"
-  loaded = viz.load_sweep_results(str(tmp_path))
+  loaded = sweeps.load_sweep_results(str(tmp_path))
   assert [(r["name"], r["status"], r["overrides"]) for r in loaded] == [
       ("dense", "pending", {}), ("4.7-30.30-10", "pending", overrides)]
-  assert all(viz.ACCURACY in r and viz.SPEEDUP in r and viz.IDEAL_SPEEDUP in r for r in loaded)
-  assert viz.completed_runs(loaded) == []
+  assert all(sweeps.ACCURACY in r and sweeps.SPEEDUP in r and sweeps.IDEAL_SPEEDUP in r for r in loaded)
+  assert sweeps.completed_runs(loaded) == []
 
 
 def test_plots_draw_without_a_display(skip_aux):
@@ -282,21 +284,21 @@ def test_plots_draw_without_a_display(skip_aux):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   images = np.zeros((2, 32, 32, 3), np.uint8)
-  maps = viz.cls_attention_maps(skip_aux, 64)
+  maps = patch_maps.cls_attention_maps(skip_aux, 64)
   x = _toe_input(seed=1)
   _, out_index = toe.expand_tokens(x, STAGE1)
-  rank = viz.toe_selection_rank(np.asarray(out_index), 64)
+  rank = patch_maps.toe_selection_rank(np.asarray(out_index), 64)
   figures = [
-      viz.plot_cls_attention(images, maps, 4, masks=np.zeros((2, 32, 32)), drop_layers=(6,),
+      plots.plot_cls_attention(images, maps, 4, masks=np.zeros((2, 32, 32)), drop_layers=(6,),
                              return_layer=11),
-      viz.plot_routing(images, [viz.patch_fates(skip_aux, 0, 64)], 4, drop_layers=(6,)),
-      viz.plot_toe(images, viz.toe_expansion_step(rank, STAGE1), rank,
+      plots.plot_routing(images, [patch_maps.patch_fates(skip_aux, 0, 64)], 4, drop_layers=(6,)),
+      plots.plot_toe(images, patch_maps.toe_expansion_step(rank, STAGE1), rank,
                    np.asarray(toe.merge_assignment(x, STAGE1)), 4),
-      viz.plot_parameter_effects([
+      plots.plot_parameter_effects([
           {"top1": 0.3, "speedup_measured": 1.0, "overrides": {}},
           {"top1": 0.2, "speedup_measured": 1.3, "overrides": {"routing.drop_ratios": (0.7,)}},
       ]),
-      viz.plot_pareto([{"name": "a", "top1": 0.3, "speedup_measured": 1.0}]).figure,
+      plots.plot_pareto([{"name": "a", "top1": 0.3, "speedup_measured": 1.0}]).figure,
   ]
   assert all(len(f.axes) for f in figures)
   plt.close("all")
@@ -311,13 +313,13 @@ def test_eval_history_maps_steps_to_epochs_and_keeps_the_last_of_a_resumed_eval(
              {"step": 150, "train/epoch": 1.5, "train/loss": 0.9},
              {"step": 150, "eval/top1": 0.4, "eval/kept_object_recall_0": 0.7}]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  epochs, top1 = viz.eval_history(str(tmp_path), "eval/top1")
+  epochs, top1 = sweeps.eval_history(str(tmp_path), "eval/top1")
   np.testing.assert_allclose(epochs, [0.5, 1.0, 1.5])
   np.testing.assert_allclose(top1, [0.2, 0.35, 0.4])
-  epochs, recall = viz.eval_history(str(tmp_path), "eval/kept_object_recall_0")
+  epochs, recall = sweeps.eval_history(str(tmp_path), "eval/kept_object_recall_0")
   np.testing.assert_allclose(epochs, [0.5, 1.5])
   np.testing.assert_allclose(recall, [0.6, 0.7])
-  ax = viz.plot_eval_history({"run": (epochs, recall)}, ylabel="recall", reference=0.45)
+  ax = plots.plot_eval_history({"run": (epochs, recall)}, ylabel="recall", reference=0.45)
   np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.6, 0.7])
   assert ax.lines[1].get_ydata()[0] == 0.45
 
@@ -326,7 +328,7 @@ def test_pareto_plot_labels_the_front_or_every_run():
   records = [{"name": "dense", "top1": 0.30, "speedup_measured": 1.0},
              {"name": "slow", "top1": 0.29, "speedup_measured": 1.1},  # dominated by "fast"
              {"name": "fast", "top1": 0.31, "speedup_measured": 1.2}]
-  front_only = viz.plot_pareto(records)
+  front_only = plots.plot_pareto(records)
   assert sorted(t.get_text() for t in front_only.texts) == ["fast"]
-  every = viz.plot_pareto(records, label_all=True)
+  every = plots.plot_pareto(records, label_all=True)
   assert sorted(t.get_text() for t in every.texts) == ["dense", "fast", "slow"]
