@@ -4,30 +4,13 @@
   python main.py --config configs/default.py:baseline --workdir /tmp/dense
   python main.py --config configs/default.py --config.routing.drop_ratios='(0.5,)' --workdir ...
 
-Rerunning with the same --workdir resumes from its latest checkpoint. Exit status: 0 when the
-run finished (or stopped at config.stop_after_step), 143 when SIGTERM stopped it after writing a
-checkpoint (skipvit_jax/stopping.py), 1 on an error.
+The same as `python -m skipvit_jax` (skipvit_jax/__main__.py, which documents the exit status).
+Rerunning with the same --workdir resumes from its latest checkpoint.
 """
 
-import sys
+from absl import app
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from skipvit_jax import stopping, train
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if result.preempted:  # SIGTERM: checkpointed; the same command resumes
-    sys.exit(stopping.EXIT_PREEMPTED)
-
+from skipvit_jax.__main__ import main
 
 if __name__ == "__main__":
   app.run(main)

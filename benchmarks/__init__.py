@@ -1,1 +1,2 @@
-"""Micro-benchmarks; run as scripts (python benchmarks/NAME.py) or modules."""
+"""Micro-benchmarks: `python -m benchmarks.NAME` from the repository root (or anywhere the
+project is installed)."""

@@ -1,8 +1,8 @@
 """Micro-benchmark: fused Pallas gather-attention against XLA gather + dot_product_attention.
 
-    python benchmarks/gather_attention.py                      # ViT-S/16 shapes, GPU
-    python benchmarks/gather_attention.py --json_out /tmp/ga.json
-    python benchmarks/gather_attention.py --tiny --interpret   # CPU smoke run, seconds
+    python -m benchmarks.gather_attention                      # ViT-S/16 shapes, GPU
+    python -m benchmarks.gather_attention --json_out /tmp/ga.json
+    python -m benchmarks.gather_attention --tiny --interpret   # CPU smoke run, seconds
 
 For each kept-token count K it times, forward and forward+backward (median of --runs runs
 after --warmup runs, each synchronised with block_until_ready):
@@ -27,10 +27,7 @@ import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp

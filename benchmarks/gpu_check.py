@@ -1,8 +1,8 @@
 """One command for a GPU: kernel correctness, the training step per attention implementation,
 MFU, memory, and timm's ViT-S/16 as a peer, written as JSON and as Markdown for BENCHMARKS.md.
 
-  python benchmarks/gpu_check.py --out_dir /tmp/gpu_check      # one H100/H200, a few minutes
-  python benchmarks/gpu_check.py --smoke --out_dir /tmp/smoke  # CPU, the same code, toy sizes
+  python -m benchmarks.gpu_check --out_dir /tmp/gpu_check      # one H100/H200, a few minutes
+  python -m benchmarks.gpu_check --smoke --out_dir /tmp/smoke  # CPU, the same code, toy sizes
 
 1. Correctness, before any timing: the Pallas gather-attention kernel and the cuDNN attention
    path (token padding included) against float32 references at ViT-S/16 shapes (197 tokens,
@@ -39,8 +39,6 @@ from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts a backend
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flax
 import jax
@@ -271,7 +269,7 @@ def markdown(report: dict) -> str:
       f"## GPU: {env['device_kind']}, JAX {env['jax']}, {env['date']}"
       + (" (CPU smoke run: toy sizes, not a measurement)" if env["smoke"] else ""),
       "",
-      f"`python benchmarks/gpu_check.py {' '.join(report['argv'])}`; {env['local_devices']} "
+      f"`python -m benchmarks.gpu_check {' '.join(report['argv'])}`; {env['local_devices']} "
       f"device(s), {env['platform_version']}; flax {env['flax']}, optax {env['optax']}; "
       f"{report['runtime_s']['total']:.0f} s in all.",
       "",

@@ -1,9 +1,9 @@
 """Input-pipeline throughput per host: will data loading starve the devices?
 
-  python benchmarks/input_pipeline.py                                  # synthetic, 32 px
-  python benchmarks/input_pipeline.py --dataset=synthetic --image_size=224
-  python benchmarks/input_pipeline.py --dataset=jpeg --image_size=224 --augment=deit
-  python benchmarks/input_pipeline.py --dataset=imagenet2012 --data_dir=$TFDS_DATA_DIR \
+  python -m benchmarks.input_pipeline                                  # synthetic, 32 px
+  python -m benchmarks.input_pipeline --dataset=synthetic --image_size=224
+  python -m benchmarks.input_pipeline --dataset=jpeg --image_size=224 --augment=deit
+  python -m benchmarks.input_pipeline --dataset=imagenet2012 --data_dir=$TFDS_DATA_DIR \
       --image_size=224 --batch_size=256 --threads=8,16,32 --augment=deit
 
 Times the trainer's own pipeline (skipvit_jax/data/pipeline.py: TFDS data source, grain,
@@ -24,12 +24,8 @@ import argparse
 import datetime
 import io
 import os
-import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ml_collections
 import numpy as np

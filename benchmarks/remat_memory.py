@@ -1,7 +1,7 @@
 """Memory saved by rematerialisation (`config.model.remat`), from XLA's memory analysis.
 
-  python benchmarks/remat_memory.py                          # ViT-S/16, 224 px, batch 64
-  python benchmarks/remat_memory.py --configs=dense,6-55-11 --batch_size=256
+  python -m benchmarks.remat_memory                          # ViT-S/16, 224 px, batch 64
+  python -m benchmarks.remat_memory --configs=dense,6-55-11 --batch_size=256
 
 Compiles, without running, the training step (forward, backward, AdamW update, as
 benchmarks/train_step.py and the trainer run it) of each configuration with and without
@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import optax

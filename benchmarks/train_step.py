@@ -1,9 +1,9 @@
 """Training-step throughput of routed configurations against the dense ViT, in one process.
 
-  python benchmarks/train_step.py                       # ViT-S/16, 224 px, every config
-  python benchmarks/train_step.py --variant=Te/4 --image_size=32 --batch_size=8 --steps=3 \
+  python -m benchmarks.train_step                       # ViT-S/16, 224 px, every config
+  python -m benchmarks.train_step --variant=Te/4 --image_size=32 --batch_size=8 --steps=3 \
       --configs=dense,6-55-11                           # a seconds-long smoke run
-  python benchmarks/train_step.py --attention=xla,cudnn,pallas --configs=dense,6-55-11
+  python -m benchmarks.train_step --attention=xla,cudnn,pallas --configs=dense,6-55-11
 
 Runs the trainer's own step (skipvit_jax.training_step: forward, backward, pmean, AdamW update,
 pmap'd over the local devices) on synthetic batches already on the devices, so the input
@@ -38,12 +38,9 @@ import gzip
 import json
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import numpy as np

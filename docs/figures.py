@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-from skipvit_jax import sweep  # pylint: disable=g-import-not-at-top
-from skipvit_jax.viz import plots, sweeps  # pylint: disable=g-import-not-at-top
+from skipvit_jax import sweep
+from skipvit_jax.viz import plots, sweeps
 
 RECALL = "eval/kept_object_recall_0"
 KEEP_RATIO = "eval/keep_ratio_0"

@@ -9,7 +9,7 @@ tabulate accuracy against speed.
 
 A sweep file (configs/sweeps/*.py) is a Python module:
 
-  BASE = "configs/default.py:baseline"  # config file (relative to the repository root), ":arg"
+  BASE = "configs/default.py:baseline"  # config file (in the `configs` package's root), ":arg"
   RUNS = [                               # or a function runs() returning the list
       {"name": "dense"},
       {"name": "6-55-11", "overrides": {"routing.drop_layers": (6,), "routing.drop_ratios": (0.55,),
@@ -23,9 +23,10 @@ A sweep file (configs/sweeps/*.py) is a Python module:
 Override keys are dotted config fields (configs/common.py lists them all); values are Python
 values (tuples for tuple fields). Run names are file-name safe and unique.
 
-Each (seed, run) trains in its own subprocess, one after another, seed by seed:
+Each (seed, run) trains in its own subprocess, one after another, seed by seed, in the
+directory that holds the installed `configs` package (the repository root, in a checkout):
 
-  python main.py --config BASE --workdir SWEEP_DIR/<name>_seed<k> --config.seed=<k> \
+  python -m skipvit_jax --config BASE --workdir SWEEP_DIR/<name>_seed<k> --config.seed=<k> \
       --config.<field>=<value> ...
 
 with the run's overrides, then the command line's `--override field=value` ones (they win: use
@@ -71,11 +72,13 @@ from absl import app, flags, logging
 from absl.flags import argparse_flags
 from ml_collections import config_flags
 
+import configs
 from skipvit_jax import stopping
 from skipvit_jax.throughput import format_duration
 
-REPO = Path(__file__).resolve().parents[1]
-MAIN = REPO / "main.py"
+# Base configs are named relative to the directory holding the `configs` package: the
+# repository root in a checkout, site-packages in an installed wheel. Runs start there.
+CONFIG_ROOT = Path(configs.__file__).resolve().parents[1]
 RUN_FILE = "sweep_run.json"
 DONE_FILE = "done.json"
 LOG_FILE = "sweep_log.txt"
@@ -111,16 +114,8 @@ class Sweep:
 # Loading sweeps and building command lines: pure, no training.
 
 
-def _ensure_repo_importable() -> None:
-  # Config and sweep files import `configs.*`, which main.py finds by living in the repository
-  # root; the package itself is installed and does not bring it along.
-  if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-
 def load_sweep(path: str | os.PathLike, seeds: Sequence[int] | None = None) -> Sweep:
   """Reads a sweep file (format: this module's docstring); `seeds` replaces its SEEDS."""
-  _ensure_repo_importable()
   spec = importlib.util.spec_from_file_location(f"sweep_{Path(path).stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -169,10 +164,11 @@ def format_value(value: Any) -> str:
 
 
 def config_args(run: Run, overrides: Mapping[str, Any] | None = None) -> list[str]:
-  """main.py's config flags for `run`: --config=BASE, the seed, its overrides, then `overrides`.
+  """The trainer's config flags for `run`: --config=BASE, the seed, its overrides, then
+  `overrides`.
 
-  BASE stays relative to the repository root, where the trainer runs, so that a finished run's
-  recorded flags (done.json) match in any checkout. One flag per field: config flags
+  BASE stays relative to CONFIG_ROOT, where the trainer runs, so that a finished run's recorded
+  flags (done.json) match in any checkout or installation. One flag per field: config flags
   concatenate repeated tuple flags instead of replacing."""
   if "seed" in (overrides or {}):
     raise ValueError("override seed: use the sweep's SEEDS or --seeds")
@@ -182,12 +178,11 @@ def config_args(run: Run, overrides: Mapping[str, Any] | None = None) -> list[st
 
 
 def build_config(args: Sequence[str]) -> ml_collections.ConfigDict:
-  """The config main.py builds from these flags, parsed the same way (ml_collections config
-  flags), without training: an unknown field or a badly typed value raises here."""
-  _ensure_repo_importable()
-  # The config file is relative to the repository root, which need not be this process's cwd.
-  argv = [str(MAIN), *(f"--config={REPO / arg.partition('=')[2]}" if arg.startswith("--config=")
-                       else arg for arg in args)]
+  """The config the trainer builds from these flags, parsed the same way (ml_collections
+  config flags), without training: an unknown field or a badly typed value raises here."""
+  # The config file is relative to CONFIG_ROOT, which need not be this process's cwd.
+  argv = ["skipvit_jax", *(f"--config={CONFIG_ROOT / arg.partition('=')[2]}"
+                           if arg.startswith("--config=") else arg for arg in args)]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
@@ -198,7 +193,8 @@ def build_config(args: Sequence[str]) -> ml_collections.ConfigDict:
 def command(run: Run, workdir: str | os.PathLike,
             overrides: Mapping[str, Any] | None = None) -> list[str]:
   """The subprocess that trains `run` in `workdir`."""
-  return [sys.executable, str(MAIN), *config_args(run, overrides), f"--workdir={workdir}"]
+  return [sys.executable, "-m", "skipvit_jax", *config_args(run, overrides),
+          f"--workdir={workdir}"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,7 +255,7 @@ def run_one(run: Run, run_dir: str | os.PathLike, *, overrides: Mapping[str, Any
     start = time.monotonic()
     state["status"] = "incomplete"  # unless the subprocess gets to finish below
     try:
-      process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+      process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=CONFIG_ROOT,
                                  env={**os.environ, **(env or {})})
       try:
         returncode, timed_out = process.wait(timeout), False
@@ -281,7 +277,7 @@ def run_one(run: Run, run_dir: str | os.PathLike, *, overrides: Mapping[str, Any
       _write_json(run_dir / RUN_FILE, state)
   if state["status"] == "done":
     _write_json(run_dir / DONE_FILE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                      "config_args": cmd[2:-1]})
+                                      "config_args": config_args(run, overrides)})
   return state
 
 
@@ -359,7 +355,8 @@ def collect_run(run: Run, run_dir: str | os.PathLike) -> dict:
                if re.fullmatch(r"eval/(kept_object_recall|keep_ratio)_\d+", key)}
   return {
       "name": run.name, "seed": run.seed, "base": run.base,
-      "overrides": dict(run.overrides),  # data (JSON: tuples become lists); tables format it
+      # As data, as results.json holds it (tuples as lists); the tables format it.
+      "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in run.overrides.items()},
       "status": status,
       "top1": last_eval.get("eval/top1"),
       "top1_all_tokens": last_eval.get("eval/top1_all_tokens", last_eval.get("eval/top1")),

@@ -76,7 +76,7 @@ def test_command_line_gives_one_flag_per_field_with_sweep_overrides_winning():
                    "routing.return_layer": 10, "toe.sparse_eval": True, "num_epochs": 2.0})
   cmd = sweep.command(run, "/w", {"num_epochs": "1", "data.data_dir": "/d"})
   assert cmd[1:] == [
-      str(REPO / "main.py"), "--config=configs/default.py:toe,baseline", "--config.seed=3",
+      "-m", "skipvit_jax", "--config=configs/default.py:toe,baseline", "--config.seed=3",
       "--config.routing.drop_layers=(4, 7)", "--config.routing.drop_ratios=(0.3, 0.3)",
       "--config.routing.return_layer=10", "--config.toe.sparse_eval=true",
       "--config.num_epochs=1", "--config.data.data_dir=/d", "--workdir=/w"]
