@@ -7,8 +7,8 @@ decided on the host, so each routed model is one fixed-shape XLA program.
 
 `RoutingConfig` is the user-facing description (1-based layer numbers as in the SkipViT
 paper); `RoutingConfig.plan` validates it against a model and turns it into the static token
-counts the model and the FLOP model use. See `docs`-level semantics in
-`shared/design/skipvit.md`.
+counts the model and the FLOP model use. The semantics are specified in `docs/method.md` §2
+(§5 for drop layers after ToE).
 """
 
 from __future__ import annotations

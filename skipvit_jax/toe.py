@@ -10,7 +10,7 @@ with keep rate 1.0, and at evaluation, ToE is off and the model is a plain full-
 computed with the reference's own float expressions and truncations, so each stage is one
 fixed-shape XLA program. `expand_tokens` applies a plan; `merge_assignment` returns the
 same decisions per patch (for visualisation). The exact behaviour (quirks included) is
-specified in `shared/design/toe.md`; section numbers below refer to it.
+specified in `docs/method.md` §3; section numbers below refer to it.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _is_int(value) -> bool:
 def _stage_plan(
     num_patches: int, stage: int, rates: tuple[float, ...], init_rate: float, substeps: int
 ) -> ToEPlan:
-  """§4/§5 counts, with the reference's Python float expressions (their rounding is part of
+  """§3.2/§3.3 counts, with the reference's Python float expressions (their rounding is part of
   the behaviour: e.g. 0.7 - 0.4 = 0.29999999999999993, so 100 patches add 29, not 30)."""
   last = len(rates)
   if stage == 0 or (stage == last and rates[-1] == 1.0):
@@ -207,7 +207,7 @@ def expand_tokens(
     *,
     precision: jax.lax.PrecisionLike = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """ToE's token reduction (§5-§7): seeds, expansion by cosine farthest-point sub-steps, merge.
+  """ToE's token reduction (§3.3-§3.5): seeds, cosine farthest-point expansion sub-steps, merge.
 
   Jit with `plan` (and `precision`) static. Selection takes no gradient; values
   flow through the gather and the mean, so each token gets the cotangent of its output slot
@@ -302,7 +302,7 @@ def _cosine_similarities(patches: jax.Array, precision: jax.lax.PrecisionLike) -
 
 
 def _expand(sims: jax.Array, plan: ToEPlan) -> tuple[jax.Array, jax.Array]:
-  """Seeds, then the expansion sub-steps (§6).
+  """Seeds, then the expansion sub-steps (§3.4).
 
   Returns:
     selected: (B, S) int32 patch positions in selection order.
@@ -327,7 +327,7 @@ def _expand(sims: jax.Array, plan: ToEPlan) -> tuple[jax.Array, jax.Array]:
 
 
 def _merge_mean(selected: jax.Array, remaining: jax.Array, hosts: jax.Array) -> jax.Array:
-  """Scatter-mean including self (§7).
+  """Scatter-mean including self (§3.5).
 
   Args:
     selected: (B, S, C).

@@ -1,4 +1,5 @@
-"""The FLOP model reproduces the figures in the SkipViT design notes."""
+"""The FLOP model (docs/method.md §6) reproduces the figures the SkipViT paper and this
+project quote."""
 
 import pytest
 

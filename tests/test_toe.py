@@ -12,7 +12,7 @@ from tests import toe_reference
 from tests.jax_testing import trace_counter
 
 HIGHEST = jax.lax.Precision.HIGHEST
-# The released schedules (shared/design/toe.md §4).
+# The released schedules (docs/method.md §3.2).
 DEIT_S = dict(expansion_epochs=(0, 100, 200), keep_rates=(0.5, 0.75, 1.0), init_rate=0.25,
               substeps=2)
 LVVIT_S = dict(DEIT_S, keep_rates=(0.4, 0.7, 1.0), init_rate=0.2)

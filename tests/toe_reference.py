@@ -1,4 +1,4 @@
-"""Plain-numpy (float64) implementation of the ToE spec (shared/design/toe.md), written
+"""Plain-numpy (float64) implementation of the ToE spec (docs/method.md §3), written
 independently of skipvit_jax.toe: Python lists, loops and sorting, with the similarities
 recomputed from scratch in every expansion sub-step as the spec describes."""
 
@@ -8,7 +8,7 @@ import numpy as np
 
 
 def schedule(num_patches, init_rate, keep_rates, substeps, stage):
-  """Spec §4/§5 counts for an active `stage` (1..G): (seed positions, per-sub-step adds)."""
+  """Spec §3.2/§3.3 counts for an active `stage` (1..G): (seed positions, per-sub-step adds)."""
   p = num_patches
   increments = []
   previous = init_rate
