@@ -367,7 +367,7 @@ def collect_run(run: Run, run_dir: str | os.PathLike) -> dict:
       "wall_time_s": state.get("wall_time_s"),
       "attempts": state.get("attempts", 0),
       "num_examples": last_eval.get("eval/num_examples"),
-      "run_dir": str(run_dir),
+      "run_dir": run_dir.name,  # inside the sweep dir
       "error": state.get("error", ""),
   }
 
