@@ -72,6 +72,7 @@ def test_committed_notebooks_are_executed_top_to_bottom(name, images):
 # and the ToE decisions it plotted are those the ToE model itself makes.
 ATTENTION_CHECKS = """
 import jax
+import numpy as np
 assert run.step == result.step == 4
 for loaded, trained in zip(jax.tree.leaves(run.params), jax.tree.leaves(result.params)):
   np.testing.assert_array_equal(loaded, trained)
