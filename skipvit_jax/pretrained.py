@@ -335,7 +335,7 @@ def _fit(flat: Flat, model: ViT, source: str) -> Flat:
   if pos is not None and pos.shape[1] != want[1] and pos.shape[2] == want[2]:
     grid = math.isqrt(want[1] - 1)
     flat[POS_EMBEDDING] = resize_pos_embedding(pos, grid)
-    logging.info("%s: resized the position embedding from a %d x %d to a %d x %d patch grid",
+    logging.info("%s: resized the position embedding from the %d x %d patch grid to %d x %d",
                  source, math.isqrt(pos.shape[1] - 1), math.isqrt(pos.shape[1] - 1), grid, grid)
   head = flat.get("head/kernel")
   width = expected["head/kernel"][0]

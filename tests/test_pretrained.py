@@ -336,7 +336,7 @@ def test_a_checkpoint_runs_at_another_resolution(source, tmp_path, caplog):
   bigger = fresh(image_size=48)  # 6 x 6 patches instead of 4 x 4
   with caplog.at_level(logging.INFO):
     loaded = pretrained.load(tmp_path / "vit.npz", bigger)
-  assert "resized the position embedding from a 4 x 4 to a 6 x 6 patch grid" in caplog.text
+  assert "resized the position embedding from the 4 x 4 patch grid to 6 x 6" in caplog.text
   pos = loaded["Transformer"]["posembed_input"]["pos_embedding"]
   assert pos.shape == (1, 37, 32)
   np.testing.assert_array_equal(pos[:, 0], params["Transformer"]["posembed_input"]["pos_embedding"][:, 0])
@@ -447,7 +447,7 @@ def test_fine_tuning_from_an_export_beats_the_same_run_from_scratch(tmp_path, ca
                              **routed)
     with caplog.at_level(logging.INFO):
       results[name] = train.train_and_evaluate(config, str(tmp_path / name))
-  assert "resized the position embedding from a 4 x 4 to a 5 x 5 patch grid" in caplog.text
+  assert "resized the position embedding from the 4 x 4 patch grid to 5 x 5" in caplog.text
   assert "initialised the parameters from" in caplog.text
   fine_tuned, scratch = (results[n].eval_metrics["eval/top1"] for n in ("fine_tuned", "scratch"))
   assert fine_tuned > scratch + 0.05, (fine_tuned, scratch)
