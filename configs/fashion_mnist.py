@@ -12,9 +12,10 @@ warm-up; `row=dense` (the default) routes nothing. `:toe` adds ToE after layer 1
 compressed to the run. `:random` replaces the [CLS]-attention ranking of a row by a random
 subset of the same size (the control).
 
-Expected on a 2-core CPU: see docs/results.md (top-1 over three seeds per row, wall time,
-measured and FLOP-ideal speedup). 5.5 epochs fit the dense run in under 15 minutes there
-(about 410 img/s); 6 epochs reached 87.0% test top-1 in 16 minutes (2026-12-01).
+Expected on a 2-core CPU (2026-12-03): dense 86.55% test top-1 in 9 min 30 s, 6-55-11 86.38%
+in 8 min 14 s; over three seeds and per row, docs/results.md. 5.5 epochs keep the dense run
+under 15 minutes on the slowest day this machine had (about 410 img/s, 2026-12-01, when 6
+epochs reached 87.0% in 16 minutes).
 
 The recipe was chosen on 2-epoch runs (`--config.num_epochs=2`, 2026-12-01/02): lr 1e-3
 reached 80.9% test top-1, and every other variant tried landed within noise of the rest,
