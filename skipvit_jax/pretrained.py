@@ -333,10 +333,10 @@ def _fit(flat: Flat, model: ViT, source: str) -> Flat:
   pos = flat.get(POS_EMBEDDING)
   want = expected[POS_EMBEDDING]
   if pos is not None and pos.shape[1] != want[1] and pos.shape[2] == want[2]:
-    grid = math.isqrt(want[1] - 1)
+    old_grid, grid = math.isqrt(pos.shape[1] - 1), math.isqrt(want[1] - 1)
     flat[POS_EMBEDDING] = resize_pos_embedding(pos, grid)
     logging.info("%s: resized the position embedding from the %d x %d patch grid to %d x %d",
-                 source, math.isqrt(pos.shape[1] - 1), math.isqrt(pos.shape[1] - 1), grid, grid)
+                 source, old_grid, old_grid, grid, grid)
   head = flat.get("head/kernel")
   width = expected["head/kernel"][0]
   if head is None or (head.shape[0] == width and head.shape[1] != model.num_classes):
