@@ -2,13 +2,12 @@
 
   python docs/figures.py --sweep_dir docs/reproduction/synthetic --out docs/figures/synthetic
 
-Writes accuracy_vs_speedup.png (top-1 against training speedup, mean over each run's seeds, the
-Pareto front joined; `--speedup=ideal` plots the FLOP-ideal speedup instead of the measured
-one, for sweeps whose runs did not share one machine state) and recall_vs_epoch.png
-(kept-object recall of the first drop layer over training, seed 0, against the keep ratio a
-random router would recall). Prints the summary table docs/results.md shows (markdown), then
-the claims' contrasts as JSON: for each pair of runs (CONTRASTS), the paired difference over the
-seeds both finished, with its 95% t interval (skipvit_jax.sweep.paired_difference).
+Writes accuracy_vs_speedup.png (top-1 against measured training speedup, mean over each run's
+seeds, the Pareto front joined) and recall_vs_epoch.png (kept-object recall of the first drop
+layer over training, seed 0, against the keep ratio a random router would recall). Prints the
+summary table docs/results.md shows (markdown), then the claims' contrasts as JSON: for each
+pair of runs (CONTRASTS), the paired difference over the seeds both finished, with its 95% t
+interval (skipvit_jax.sweep.paired_difference).
 """
 
 from __future__ import annotations
@@ -25,9 +24,6 @@ matplotlib.use("Agg")
 from skipvit_jax import sweep
 from skipvit_jax.viz import plots, sweeps
 
-# --speedup choice -> the x axis label of accuracy_vs_speedup.png.
-SPEEDUP_LABELS = {"measured": "measured training speedup over dense (same seed)",
-                  "ideal": "FLOP-ideal training speedup over dense (whole run)"}
 RECALL = "eval/kept_object_recall_0"
 KEEP_RATIO = "eval/keep_ratio_0"
 # (run, reference, metric): the comparisons docs/results.md judges the claims by.
@@ -90,8 +86,6 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--sweep_dir", required=True)
   parser.add_argument("--out", default=str(Path(__file__).parent / "figures"))
-  parser.add_argument("--speedup", choices=tuple(SPEEDUP_LABELS), default="measured",
-                      help="x axis of accuracy_vs_speedup.png")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.sweep_dir, "results.json"), encoding="utf-8") as f:
@@ -100,12 +94,11 @@ def main() -> None:
   print(summary_table(means, results["runs"]))
   print(json.dumps(contrasts(results["runs"]), indent=1))
 
-  speedup = f"speedup_{args.speedup}_mean"
-  points = [{"name": m["name"], sweeps.SPEEDUP: m[speedup],
+  points = [{"name": m["name"], sweeps.SPEEDUP: m["speedup_measured_mean"],
              sweeps.ACCURACY: 100 * m["top1_mean"]}
-            for m in means if m["seeds"] and m[speedup] is not None]
+            for m in means if m["seeds"] and m["speedup_measured_mean"] is not None]
   ax = plots.plot_pareto(points, label_all=True)
-  ax.set_xlabel(SPEEDUP_LABELS[args.speedup])
+  ax.set_xlabel("measured training speedup over dense (same seed)")
   ax.set_ylabel("top-1 % with the run's routing (mean over seeds)")
   ax.figure.tight_layout()
   ax.figure.savefig(os.path.join(args.out, "accuracy_vs_speedup.png"), dpi=150)
