@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Host-side training augmentation after crop and flip (skipvit_jax/data/pipeline.py).
   config.data.rand_augment = ""  # timm RandAugment spec ("rand-m9-mstd0.5-inc1"); "" = off
   config.data.random_erase = 0.0  # probability of erasing one rectangle with noise (timm)
+  config.data.random_translate = 0  # largest random shift in pixels (padded crop); 0 = off
   config.data.repeated_augmentations = 1  # copies of each image per global batch (DeiT: 3)
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_train = 20_000  # synthetic examples generated for training ...

@@ -197,6 +197,11 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   _choice(config, "data.normalization", ("dataset", *pipeline.NORMALIZATIONS))
   _number(config, "data.num_threads", low=1, integer=True)
   _number(config, "data.random_erase", low=0, high=1)
+  _number(config, "data.random_translate", low=0, integer=True)
+  size = data.image_size  # its own checks come with the model's
+  if isinstance(size, int) and size > 0 and data.random_translate >= size / 2:
+    raise ValueError(f"config.data.random_translate: must be below half of data.image_size "
+                     f"({size}), got {data.random_translate}")
   _number(config, "data.repeated_augmentations", low=1, integer=True)
   if data.rand_augment:
     try:

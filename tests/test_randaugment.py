@@ -1,4 +1,5 @@
-"""skipvit_jax.data.randaugment and transforms.random_erasing: timm's semantics.
+"""skipvit_jax.data.randaugment, transforms.random_erasing (timm's semantics) and
+transforms.random_translate.
 
 Every op is checked against a numpy reference written from the formula (PIL's, for the ops
 timm defines through PIL), on small fixed images; unless stated, exactly, pixel for pixel.
@@ -425,6 +426,68 @@ def test_random_erasing_returns_a_new_array_and_is_deterministic():
     np.testing.assert_array_equal(out, again)
     assert out.dtype == np.float32 and not np.shares_memory(out, image)
   np.testing.assert_array_equal(image, copy)
+
+
+# Random translation.
+
+
+def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+  """The spec pixel by pixel: out[y, x] = image[y - dy, x - dx], coordinates clamped to the
+  image (edge padding)."""
+  height, width = image.shape[:2]
+  rows = np.clip(np.arange(height) - dy, 0, height - 1)
+  cols = np.clip(np.arange(width) - dx, 0, width - 1)
+  return image[rows[:, None], cols[None, :]]
+
+
+def _translations(max_shift: int, draws: int, image: np.ndarray) -> list[tuple[int, int]]:
+  """The (dy, dx) of each of `draws` translations of `image`, found by matching the spec."""
+  rng = np.random.default_rng(3)
+  candidates = [(dy, dx) for dy in range(-max_shift - 1, max_shift + 2)
+                for dx in range(-max_shift - 1, max_shift + 2)]
+  shifts = []
+  for _ in range(draws):
+    out = transforms.random_translate(rng, image, max_shift)
+    assert out.shape == image.shape and out.dtype == image.dtype
+    matches = [c for c in candidates if np.array_equal(out, _shifted(image, *c))]
+    assert len(matches) == 1, matches  # a noise image: exactly one shift explains the output
+    shifts.append(matches[0])
+  return shifts
+
+
+def test_random_translate_is_a_uniform_edge_padded_shift():
+  image = _image(11, 9)
+  shifts = _translations(2, 1000, image)
+  counts = {s: shifts.count(s) for s in set(shifts)}
+  assert set(counts) == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+  assert min(counts.values()) > 20 and max(counts.values()) < 65  # 40 each expected, sd 6
+
+
+def test_random_translate_off_is_the_identity_and_draws_nothing():
+  image = _image()
+  rng = np.random.default_rng(5)
+  assert transforms.random_translate(rng, image, 0) is image
+  assert rng.random() == np.random.default_rng(5).random()  # recipes without it are unchanged
+
+
+def test_random_translate_in_the_training_preprocessing():
+  """Fashion-MNIST-like: the stored (28, 28, 1) image comes out shifted, eval untouched."""
+  from skipvit_jax.data import pipeline
+  info = pipeline.DatasetInfo("fashion_like", 10, 1, 1, has_object_masks=False, fixed_size=True)
+  image = np.zeros((28, 28, 1), np.uint8)
+  image[10:14, 12:16] = 200  # symmetric under the flip, which comes first
+  example = {"image": image, "label": 3}
+  augmentation = pipeline.Augmentation(random_translate=4)
+  centres = set()
+  for seed in range(40):
+    out = pipeline._preprocess(example, np.random.default_rng(seed), info, image_size=28,
+                               augmentation=augmentation)["image"]
+    rows, cols = np.nonzero(out[..., 0] > 0)
+    assert len(rows) == 16 and np.ptp(rows) == np.ptp(cols) == 3  # the block, whole
+    centres.add((rows.min() - 10, cols.min() - 12))
+  assert all(max(abs(dy), abs(dx)) <= 4 for dy, dx in centres) and len(centres) > 15
+  evaluated = pipeline._preprocess(example, None, info, image_size=28)["image"]
+  np.testing.assert_array_equal(evaluated[..., 0] > 0, image[..., 0] > 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -118,12 +118,12 @@ def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
 
 
 def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
-  """Mixup, cutmix, label smoothing, RandAugment, random erasing, repeated augmentation,
-  the EMA and gradient accumulation in one run; stopped and resumed, it ends where an
+  """Mixup, cutmix, label smoothing, random translation, RandAugment, random erasing,
+  repeated augmentation, the EMA and gradient accumulation in one run; stopped and resumed, it ends where an
   uninterrupted run does, EMA included (the EMA is in the checkpoint)."""
   recipe = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "label_smoothing": 0.1,
             "data.rand_augment": "rand-m9-mstd0.5-inc1", "data.random_erase": 0.25,
-            "data.repeated_augmentations": 3, "ema_decay": 0.9, "grad_accum_steps": 2,
+            "data.random_translate": 2, "data.repeated_augmentations": 3, "ema_decay": 0.9, "grad_accum_steps": 2,
             "batch_size": 24, "num_epochs": 1.2, "eval_every_epochs": 1.0,
             "drop_warmup_epochs": 0.0}  # 5 steps per epoch of 24 = 8 images x 3; 6 steps
   straight = train.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "a"))

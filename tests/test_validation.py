@@ -92,6 +92,7 @@ FIELDS = {
     "data.normalization": st.sampled_from(["dataset", "imagenet", "minus_one_to_one", "unit"]),
     "data.num_threads": ints(-1, 4),
     "data.random_erase": floats(-0.5, 1.5),
+    "data.random_translate": ints(-2, 20),
     "data.repeated_augmentations": ints(-1, 5),
     "data.rand_augment": st.sampled_from(["", "rand-m9-mstd0.5-inc1", "rand-x9", "augmix"]),
     "data.synthetic.num_train": ints(-1, 600),
@@ -242,6 +243,8 @@ def test_fuzzed_toe_schedules_plan_or_name_the_field(fields, num_patches, epoch)
     ({"toe.enabled": True, "toe.expansion_epochs": (3, 4, 5)}, "config.toe.expansion_epochs"),
     ({"optimizer.lr": math.nan}, "config.optimizer.lr"),
     ({"data.image_size": 36}, "config.data.image_size"),  # not a multiple of 8
+    ({"data.random_translate": 16}, "config.data.random_translate"),  # half of 32 px
+    ({"data.random_translate": -1}, "config.data.random_translate"),
 ])
 def test_the_fields_that_used_to_fail_late_fail_first(overrides, field):
   config = tiny_base()

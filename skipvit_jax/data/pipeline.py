@@ -167,11 +167,13 @@ def _load_tfds_sources(data_config) -> Sources:
 class Augmentation:
   """Training augmentation after the crop and the flip, as DeiT's recipe has it; off by default.
 
-  RandAugment runs on the uint8 image, random erasing on the normalised one (timm's order).
+  Translation and RandAugment run on the uint8 image, random erasing on the normalised one
+  (timm's order).
   """
 
   rand_augment: str = ""  # timm RandAugment spec, e.g. "rand-m9-mstd0.5-inc1"; "" = off
   random_erase: float = 0.0  # probability of erasing one rectangle with N(0, 1) noise
+  random_translate: int = 0  # largest shift in pixels along each axis; 0 = off
 
   @functools.cached_property
   def rand_augment_options(self) -> randaugment.RandAugmentOptions | None:
@@ -199,6 +201,7 @@ def _preprocess(example: dict, rng: np.random.Generator | None, info: DatasetInf
   if not info.fixed_size:
     image = transforms.random_resized_crop(rng, image, image_size)
   image = transforms.random_flip(rng, image)
+  image = transforms.random_translate(rng, image, augmentation.random_translate)
   if augmentation.rand_augment_options is not None:
     image = randaugment.rand_augment(rng, np.ascontiguousarray(image),
                                      augmentation.rand_augment_options,

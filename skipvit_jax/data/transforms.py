@@ -27,6 +27,21 @@ def random_flip(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
   return image[:, ::-1] if rng.random() < 0.5 else image
 
 
+def random_translate(rng: np.random.Generator, image: np.ndarray, max_shift: int) -> np.ndarray:
+  """Shift (H, W, C) by up to max_shift pixels along each axis (uniform), same shape out.
+
+  The padded random crop of the CIFAR recipes, padding with the edge pixels rather than zeros
+  so a background that is not black (the synthetic clutter) is not framed by a black border.
+  """
+  if max_shift == 0:
+    return image
+  dy, dx = (int(d) for d in rng.integers(-max_shift, max_shift + 1, size=2))
+  padded = np.pad(image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
+  height, width = image.shape[:2]
+  top, left = max_shift - dy, max_shift - dx  # content moves by (+dy, +dx)
+  return padded[top:top + height, left:left + width]
+
+
 def random_resized_crop(
     rng: np.random.Generator,
     image: np.ndarray,
