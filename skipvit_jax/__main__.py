@@ -13,10 +13,10 @@ checkpoint (skipvit_jax/stopping.py), 1 on an error.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from skipvit_jax import stopping, train
+from skipvit_jax import host_memory, stopping, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                           lock_config=True)
@@ -27,6 +27,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if host_memory.retain_freed_memory():  # before JAX starts its threads
+    logging.info("CPU-only host: glibc malloc set to one arena, no mmap, no trimming "
+                 "(skipvit_jax/host_memory.py)")
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.preempted:  # SIGTERM: checkpointed; the same command resumes
     sys.exit(stopping.EXIT_PREEMPTED)
