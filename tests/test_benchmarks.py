@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_check, input_pipeline, train_step
+from benchmarks import gpu_check, host_malloc, input_pipeline, train_step
 from skipvit_jax import flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +71,21 @@ def test_input_pipeline_benchmark_jpeg_with_deit_augmentation():
   assert (report["dataset"], report["augment"], report["repeats"]) == ("jpeg", "deit", 3)
   [result] = report["results"]
   assert result["train_images_per_sec"] > 0 and result["eval_images_per_sec"] > 0
+
+
+def test_host_malloc_benchmark_smoke(tmp_path):
+  """Two tiny trainer runs, glibc's malloc and the retained one, each timed and accounted."""
+  tiny = [f"--config.data.data_dir={tmp_path}", "--config.data.synthetic.num_train=64",
+          "--config.data.synthetic.num_test=16", "--config.data.image_size=32",
+          "--config.model.variant=Te/8", "--config.eval_batch_size=16"]
+  report = host_malloc.main(["--config=configs/default.py", "--batch_size=8", "--steps=4",
+                             "--skip=0", "--log_every=2", "--pairs=1",
+                             *(f"--override={flag}" for flag in tiny)])
+  assert [r["mode"] for r in report["runs"]] == ["system", "retained"]
+  for r in report["runs"]:
+    assert r["images_per_sec"] > 0 and r["user_s"] > 0 and r["system_s"] >= 0
+  mean = report["mean_images_per_sec"]
+  assert report["speedup"] == pytest.approx(mean["retained"] / mean["system"])
 
 
 def test_model_and_benchmarks_import_without_the_data_stack():
