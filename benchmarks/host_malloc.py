@@ -1,6 +1,7 @@
 """Training throughput on a CPU with glibc's default malloc and with skipvit_jax/host_memory.py.
 
-  python -m benchmarks.host_malloc                     # configs/fashion_mnist.py, batch 64
+  python -m benchmarks.host_malloc                     # configs/fashion_mnist.py, its batch
+  python -m benchmarks.host_malloc --batch_size=64
   python -m benchmarks.host_malloc --config=configs/default.py --steps=600 --pairs=3
 
 Runs the trainer itself (`python -m skipvit_jax`, its data pipeline included: the effect lives
@@ -46,9 +47,9 @@ def run_once(mode: str, args) -> dict:
   """One training run's steady images/s and CPU seconds."""
   with tempfile.TemporaryDirectory() as workdir:
     command = [sys.executable, "-m", "skipvit_jax", f"--config={args.config}",
-               f"--workdir={workdir}", f"--config.batch_size={args.batch_size}",
-               f"--config.stop_after_step={args.steps}", f"--config.log_every_steps={args.log_every}",
+               f"--workdir={workdir}", f"--config.stop_after_step={args.steps}", f"--config.log_every_steps={args.log_every}",
                "--config.eval_every_epochs=1000", "--config.checkpoint_every_steps=100000",
+               *([f"--config.batch_size={args.batch_size}"] if args.batch_size else []),
                *args.override]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, env=_environment(mode), cwd=REPO, check=True, capture_output=True)
@@ -75,7 +76,8 @@ def run(args) -> dict:
 
 
 def table(report: dict) -> str:
-  lines = [f"host malloc, {report['config']} batch {report['batch_size']}, steps "
+  batch = report["batch_size"] or "of the config"
+  lines = [f"host malloc, {report['config']} batch {batch}, steps "
            f"{report['skip']}-{report['steps']}, {report['cpu_count']} CPUs, JAX "
            f"{report['jax_version']}",
            f"{'malloc':<10}{'img/s':>8}{'user s':>9}{'sys s':>8}"]
@@ -90,7 +92,7 @@ def table(report: dict) -> str:
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", default="configs/fashion_mnist.py")
-  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
   parser.add_argument("--steps", type=int, default=900)
   parser.add_argument("--skip", type=int, default=200, help="steps left out of the rate")
   parser.add_argument("--log_every", type=int, default=100, help="steps per rate window")
