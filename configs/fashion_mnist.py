@@ -12,8 +12,9 @@ warm-up; `row=dense` (the default) routes nothing. `:toe` adds ToE after layer 1
 compressed to the run. `:random` replaces the [CLS]-attention ranking of a row by a random
 subset of the same size (the control).
 
-Expected on a 2-core CPU (2026-12-04): dense 86.55% test top-1 in 8 min 14 s, 6-55-11 86.38%
-in 7 min 47 s; over three seeds and per row, docs/results.md. 5.5 epochs keep the dense run
+Expected on a 2-core CPU (2026-12-04): dense 86.55% test top-1 in 6 min 35 s, 6-55-11 86.38%
+in 6 min 52 s (8 min 14 s and 7 min 47 s before the trainer's CPU malloc settings,
+skipvit_jax/host_memory.py); over three seeds and per row, docs/results.md. 5.5 epochs keep the dense run
 under 15 minutes on the slowest day this machine had (about 410 img/s, 2026-12-01, when 6
 epochs reached 87.0% in 16 minutes).
 
