@@ -47,12 +47,14 @@ def run_once(mode: str, args) -> dict:
   """One training run's steady images/s and CPU seconds."""
   with tempfile.TemporaryDirectory() as workdir:
     command = [sys.executable, "-m", "skipvit_jax", f"--config={args.config}",
-               f"--workdir={workdir}", f"--config.stop_after_step={args.steps}", f"--config.log_every_steps={args.log_every}",
-               "--config.eval_every_epochs=1000", "--config.checkpoint_every_steps=100000",
+               f"--workdir={workdir}", f"--config.stop_after_step={args.steps}",
+               f"--config.log_every_steps={args.log_every}", "--config.eval_every_epochs=1000",
+               "--config.checkpoint_every_steps=100000",
                *([f"--config.batch_size={args.batch_size}"] if args.batch_size else []),
                *args.override]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(command, env=_environment(mode), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(command, env=_environment(mode), cwd=REPO, check=True,
+                   capture_output=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     records = [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
   rates = [r["train/images_per_sec"] for r in records

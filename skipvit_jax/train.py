@@ -326,7 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         seed=config.seed, start_step=start_step, total_steps=plan.total_steps,
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_threads=config.data.num_threads, augmentation=pipeline.Augmentation(
-            config.data.rand_augment, config.data.random_erase, config.data.random_translate),
+            config.data.rand_augment, config.data.random_erase,
+            int(config.data.random_translate)),
         repeats=config.data.repeated_augmentations)
     eval_every = max(int(round(config.eval_every_epochs * plan.steps_per_epoch)), 1)
     stop_after = config.stop_after_step if config.stop_after_step >= 0 else plan.total_steps
