@@ -14,9 +14,9 @@ subset of the same size (the control).
 
 Expected on a 2-core CPU (2026-12-04): dense 86.55% test top-1 in 6 min 35 s, 6-55-11 86.38%
 in 6 min 52 s (8 min 14 s and 7 min 47 s before the trainer's CPU malloc settings,
-skipvit_jax/host_memory.py); over three seeds and per row, docs/results.md. 5.5 epochs keep the dense run
-under 15 minutes on the slowest day this machine had (about 410 img/s, 2026-12-01, when 6
-epochs reached 87.0% in 16 minutes).
+skipvit_jax/host_memory.py); over three seeds and per row, docs/results.md. 5.5 epochs keep
+the dense run under 15 minutes on the slowest day this machine had (about 410 img/s,
+2026-12-01, when 6 epochs reached 87.0% in 16 minutes).
 
 The recipe was chosen on 2-epoch runs (`--config.num_epochs=2`, 2026-12-01/02): lr 1e-3
 reached 80.9% test top-1, and every other variant tried landed within noise of the rest,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from skipvit_jax.data import pipeline
 from skipvit_jax.data import randaugment as ra
 from skipvit_jax.data import transforms
 
@@ -472,7 +473,6 @@ def test_random_translate_off_is_the_identity_and_draws_nothing():
 
 def test_random_translate_in_the_training_preprocessing():
   """Fashion-MNIST-like: the stored (28, 28, 1) image comes out shifted, eval untouched."""
-  from skipvit_jax.data import pipeline
   info = pipeline.DatasetInfo("fashion_like", 10, 1, 1, has_object_masks=False, fixed_size=True)
   image = np.zeros((28, 28, 1), np.uint8)
   image[10:14, 12:16] = 200  # symmetric under the flip, which comes first
