@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import grain
 import numpy as np
 
-from skipvit_jax.data import randaugment, transforms
+from skipvit_jax.data import in_memory, randaugment, transforms
 
 SYNTHETIC = "synthetic"
 FASHION_MNIST = "fashion_mnist"
@@ -89,8 +89,7 @@ def _open_sources(data_config) -> Sources:
         num_train=data_config.synthetic.num_train, num_test=data_config.synthetic.num_test,
         seed=data_config.synthetic.seed,
     )
-    source = builder.as_data_source()
-    train, evaluation = source["train"], source["test"]
+    train, evaluation = _in_memory_splits(builder)
     return Sources(train, evaluation, DatasetInfo(
         SYNTHETIC, synthetic.NUM_CLASSES, len(train), len(evaluation), True, fixed_size=True))
   if data_config.name == FASHION_MNIST:
@@ -115,11 +114,17 @@ def _load_fashion_mnist(data_config) -> Sources:
     raise ValueError(f"config.data.source_dir: a Fashion-MNIST file is damaged: {e}. Reinstall "
                      f"it (`apt-get install --reinstall dataset-fashion-mnist`) or replace "
                      "it with the original.") from None
-  source = builder.as_data_source()
-  train, evaluation = source["train"], source["test"]
+  train, evaluation = _in_memory_splits(builder)
   return Sources(train, evaluation, DatasetInfo(
       FASHION_MNIST, len(fashion_mnist.CLASS_NAMES), len(train), len(evaluation), True,
       fixed_size=True))
+
+
+def _in_memory_splits(builder) -> tuple[Any, Any]:
+  """The project's own small datasets: (train, test) read into memory once (in_memory.py says
+  why), each unless it is too large."""
+  source = builder.as_data_source()
+  return in_memory.load(source["train"]), in_memory.load(source["test"])
 
 
 def _load_tfds_sources(data_config) -> Sources:

@@ -1,0 +1,71 @@
+"""A small dataset split held in memory as arrays, read once from its data source.
+
+Reading one example from a TFDS array_record data source costs about 160 us of Python on a
+2-core CPU host (record read, protobuf parse, feature decode), most of it holding Python's
+lock. At Fashion-MNIST's model, where a training step takes about 70 ms for 64 images, that
+is 10 ms of every step spent on the loader threads, competing with the thread that dispatches
+the step: the trainer ran 800-900 images/s fed by the data source and 1100-1200 fed a batch
+already in memory. The project's own datasets (the synthetic one, Fashion-MNIST) are small
+(Fashion-MNIST's training split is 94 MB), so their splits are read once, in batches, into
+one array per feature; `source[i]` is then an array index and returns the values the data
+source would have, so training and evaluation see exactly the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# A split larger than this stays on disk, read example by example (a synthetic dataset
+# generated at ImageNet's resolution can run to tens of GiB).
+MAX_BYTES = 2 * 2**30
+_READ_CHUNK = 4096  # examples decoded per read: bounds the list of dicts held while stacking
+
+
+class InMemorySource:
+  """Random access over a split whose features are stacked arrays: len() and [i] -> dict."""
+
+  def __init__(self, features: dict[str, np.ndarray]):
+    lengths = {len(v) for v in features.values()}
+    if len(lengths) != 1:
+      raise ValueError(f"features of unequal lengths: { {k: len(v) for k, v in features.items()} }")
+    for array in features.values():
+      array.setflags(write=False)  # examples are views: an in-place transform must fail loudly
+    self._features = features
+    self._length = lengths.pop()
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {k: v[index] for k, v in self._features.items()}
+
+  @property
+  def nbytes(self) -> int:
+    return sum(v.nbytes for v in self._features.values())
+
+
+def example_bytes(source) -> int:
+  """The decoded size of one example of `source`, in bytes."""
+  return sum(np.asarray(v).nbytes for v in source[0].values())
+
+
+def load(source, max_bytes: int = MAX_BYTES):
+  """`source` read into an InMemorySource, or `source` itself when it would take more than
+  `max_bytes` (judged by its first example) or is empty."""
+  if len(source) == 0 or example_bytes(source) * len(source) > max_bytes:
+    return source
+  chunks: dict[str, list[np.ndarray]] = {}
+  for start in range(0, len(source), _READ_CHUNK):
+    examples = _read(source, range(start, min(start + _READ_CHUNK, len(source))))
+    for key in examples[0]:
+      chunks.setdefault(key, []).append(np.stack([np.asarray(e[key]) for e in examples]))
+  return InMemorySource({k: np.concatenate(v) for k, v in chunks.items()})
+
+
+def _read(source, indices: range) -> list[dict]:
+  # TFDS data sources read a batch in one call (4x faster per example than one by one).
+  if hasattr(source, "__getitems__"):
+    return source.__getitems__(list(indices))
+  return [source[i] for i in indices]

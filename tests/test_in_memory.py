@@ -1,0 +1,64 @@
+"""Small splits held in memory: the same examples as their data source, read-only, size-capped."""
+
+import numpy as np
+import pytest
+
+from skipvit_jax.data import fashion_mnist, in_memory, pipeline
+from tests.test_fashion_mnist import _data_config, _garments, _write_source
+
+
+class _ListSource:
+  """A random-access source with [i] only (no batch read), like a user's own."""
+
+  def __init__(self, examples):
+    self._examples = examples
+
+  def __len__(self):
+    return len(self._examples)
+
+  def __getitem__(self, index):
+    return self._examples[index]
+
+
+def _examples(count: int) -> list[dict]:
+  rng = np.random.default_rng(0)
+  return [{"image": rng.integers(0, 256, (4, 4, 1), dtype=np.uint8), "label": int(i % 7)}
+          for i in range(count)]
+
+
+def test_every_example_reads_back_equal_across_read_chunks():
+  examples = _examples(in_memory._READ_CHUNK + 5)  # a second, partial chunk
+  source = in_memory.load(_ListSource(examples))
+  assert isinstance(source, in_memory.InMemorySource) and len(source) == len(examples)
+  for i in (0, 1, in_memory._READ_CHUNK - 1, in_memory._READ_CHUNK, len(examples) - 1):
+    np.testing.assert_array_equal(source[i]["image"], examples[i]["image"])
+    assert source[i]["image"].dtype == np.uint8 and source[i]["label"] == examples[i]["label"]
+  assert source.nbytes == len(examples) * (16 + 8)
+
+
+def test_examples_are_read_only():
+  source = in_memory.load(_ListSource(_examples(3)))
+  with pytest.raises(ValueError, match="read-only"):
+    source[1]["image"][0, 0, 0] = 7
+
+
+def test_a_split_over_the_byte_limit_stays_on_disk():
+  big = _ListSource(_examples(10))
+  assert in_memory.load(big, max_bytes=10 * 24 - 1) is big
+  assert isinstance(in_memory.load(big, max_bytes=10 * 24), in_memory.InMemorySource)
+  empty = _ListSource([])
+  assert in_memory.load(empty) is empty
+
+
+def test_fashion_mnist_splits_are_in_memory_and_equal_the_data_source(tmp_path):
+  source_dir = _write_source(tmp_path / "idx", _garments(20, 1), _garments(8, 2))
+  sources = pipeline.load_sources(_data_config(tmp_path / "tfds", source_dir))
+  on_disk = fashion_mnist.prepare(str(tmp_path / "tfds"), source_dir).as_data_source()
+  for split, held in (("train", sources.train), ("test", sources.eval)):
+    assert isinstance(held, in_memory.InMemorySource)
+    for i in range(len(on_disk[split])):
+      expected, got = on_disk[split][i], held[i]
+      assert expected.keys() == got.keys()
+      for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+        assert np.asarray(got[key]).dtype.kind == np.asarray(expected[key]).dtype.kind
