@@ -3,6 +3,8 @@
   python -m benchmarks.input_pipeline                                  # synthetic, 32 px
   python -m benchmarks.input_pipeline --dataset=synthetic --image_size=224
   python -m benchmarks.input_pipeline --dataset=jpeg --image_size=224 --augment=deit
+  python -m benchmarks.input_pipeline --dataset=fashion_mnist --image_size=28 --batch_size=64 \
+      --read=memory,disk
   python -m benchmarks.input_pipeline --dataset=imagenet2012 --data_dir=$TFDS_DATA_DIR \
       --image_size=224 --batch_size=256 --threads=8,16,32 --augment=deit
 
@@ -15,7 +17,9 @@ the pipeline is slower, the devices wait for data.
 `--augment=deit` adds DeiT's RandAugment (rand-m9-mstd0.5-inc1) and random erasing (0.25) to
 the training crop and flip. `--dataset=jpeg` stands in for ImageNet where it is not prepared:
 ImageNet-sized (500 x 375) JPEG photos held in memory and decoded on every read, as the
-ImageNet data source does, then cropped and augmented by the ImageNet path.
+ImageNet data source does, then cropped and augmented by the ImageNet path. `--read` (the
+synthetic data and Fashion-MNIST) times the splits held in memory (`config.data.in_memory`, the
+trainer's default), read from their array_record files example by example, or both.
 """
 
 from __future__ import annotations
@@ -65,20 +69,21 @@ class JpegSource:
     return {"image": image, "label": self._labels[index]}
 
 
-def load_sources(args) -> pipeline.Sources:
+def load_sources(args, read: str) -> pipeline.Sources:
   if args.dataset != "jpeg":
-    return pipeline.load_sources(data_config(args))
+    return pipeline.load_sources(data_config(args, in_memory=read == "memory"))
   train = JpegSource(args.synthetic_examples)
   evaluation = JpegSource(min(args.synthetic_examples, 1000))
   return pipeline.Sources(train, evaluation, pipeline.DatasetInfo(
       "jpeg", 1000, len(train), len(evaluation), has_object_masks=False))
 
 
-def data_config(args) -> ml_collections.ConfigDict:
+def data_config(args, in_memory: bool) -> ml_collections.ConfigDict:
   """The trainer's `config.data` (configs/common.py's defaults) for the benchmarked dataset."""
   data = common.base_config().data
   data.update({"name": args.dataset, "data_dir": args.data_dir, "image_size": args.image_size,
-               "train_split": args.train_split, "eval_split": args.eval_split})
+               "train_split": args.train_split, "eval_split": args.eval_split,
+               "in_memory": in_memory})
   data.synthetic.update({"num_train": args.synthetic_examples, "num_test": 1000})
   return data
 
@@ -92,24 +97,26 @@ def images_per_sec(batches, num_batches: int, batch_size: int) -> float:
 
 
 def run(args) -> dict:
-  sources = load_sources(args)
-  info = sources.info
   results = []
-  for threads in (int(t) for t in args.threads.split(",")):
-    train = pipeline.train_batches(
-        sources.train, info, global_batch=args.batch_size, image_size=args.image_size, seed=0,
-        start_step=0, total_steps=args.batches + 1, num_threads=threads,
-        augmentation=AUGMENTATIONS[args.augment], repeats=args.repeats)
-    evaluation = pipeline.eval_batches(
-        sources.eval, info, global_batch=args.batch_size, image_size=args.image_size,
-        num_threads=threads)
-    eval_batches = min(args.batches, -(-info.num_eval // args.batch_size) - 1)
-    results.append({
-        "threads": threads,
-        "train_images_per_sec": images_per_sec(train, args.batches, args.batch_size),
-        "eval_images_per_sec": (images_per_sec(evaluation, eval_batches, args.batch_size)
-                                if eval_batches > 0 else None),
-    })
+  for read in args.read.split(","):
+    sources = load_sources(args, read)
+    info = sources.info
+    for threads in (int(t) for t in args.threads.split(",")):
+      train = pipeline.train_batches(
+          sources.train, info, global_batch=args.batch_size, image_size=args.image_size, seed=0,
+          start_step=0, total_steps=args.batches + 1, num_threads=threads,
+          augmentation=AUGMENTATIONS[args.augment], repeats=args.repeats)
+      evaluation = pipeline.eval_batches(
+          sources.eval, info, global_batch=args.batch_size, image_size=args.image_size,
+          num_threads=threads)
+      eval_batches = min(args.batches, -(-info.num_eval // args.batch_size) - 1)
+      results.append({
+          "read": read,
+          "threads": threads,
+          "train_images_per_sec": images_per_sec(train, args.batches, args.batch_size),
+          "eval_images_per_sec": (images_per_sec(evaluation, eval_batches, args.batch_size)
+                                  if eval_batches > 0 else None),
+      })
   return {
       "benchmark": "input_pipeline",
       "date": datetime.date.today().isoformat(),
@@ -123,10 +130,10 @@ def table(report: dict) -> str:
   lines = [f"input pipeline, {report['dataset']} {report['image_size']}px, batch "
            f"{report['batch_size']}, augment {report['augment']}, repeats "
            f"{report['repeats']}, {report['host_cpus']} host CPUs",
-           f"{'threads':>8}{'train img/s':>14}{'eval img/s':>14}"]
+           f"{'read':>8}{'threads':>8}{'train img/s':>14}{'eval img/s':>14}"]
   for r in report["results"]:
     evaluation = r["eval_images_per_sec"]
-    lines.append(f"{r['threads']:>8}{r['train_images_per_sec']:>14.0f}"
+    lines.append(f"{r['read']:>8}{r['threads']:>8}{r['train_images_per_sec']:>14.0f}"
                  f"{(f'{evaluation:.0f}' if evaluation else '-'):>14}")
   return "\n".join(lines)
 
@@ -147,6 +154,9 @@ def parse_args(argv=None):
   parser.add_argument("--batch_size", type=int, default=128, help="per host")
   parser.add_argument("--batches", type=int, default=20, help="timed batches")
   parser.add_argument("--threads", default="1,2,8")
+  parser.add_argument("--read", default="memory",
+                      help="'memory', 'disk' or both: the synthetic and Fashion-MNIST splits held "
+                           "in memory or read from their files (config.data.in_memory)")
   parser.add_argument("--json_out", default="")
   return parser.parse_args(argv)
 

@@ -196,6 +196,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
                      "TFDS name), got ''")
   _choice(config, "data.normalization", ("dataset", *pipeline.NORMALIZATIONS))
   _number(config, "data.num_threads", low=1, integer=True)
+  _flag(config, "data.in_memory")
   _number(config, "data.random_erase", low=0, high=1)
   _number(config, "data.random_translate", low=0, integer=True)
   size = data.image_size  # its own checks come with the model's

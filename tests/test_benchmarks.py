@@ -55,10 +55,11 @@ def test_paper_rows_parse_to_the_configs_routing():
 def test_input_pipeline_benchmark_smoke(tmp_path):
   report = input_pipeline.main([
       f"--data_dir={tmp_path}", "--synthetic_examples=64", "--batch_size=8", "--batches=3",
-      "--threads=1,2",
+      "--threads=1,2", "--read=memory,disk",
   ])
   assert report["dataset"] == "synthetic"
-  assert [r["threads"] for r in report["results"]] == [1, 2]
+  assert [(r["read"], r["threads"]) for r in report["results"]] == [
+      ("memory", 1), ("memory", 2), ("disk", 1), ("disk", 2)]
   for r in report["results"]:
     assert r["train_images_per_sec"] > 0 and r["eval_images_per_sec"] > 0
 

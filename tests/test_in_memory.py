@@ -62,3 +62,11 @@ def test_fashion_mnist_splits_are_in_memory_and_equal_the_data_source(tmp_path):
       for key in expected:
         np.testing.assert_array_equal(got[key], expected[key])
         assert np.asarray(got[key]).dtype.kind == np.asarray(expected[key]).dtype.kind
+
+
+def test_config_can_keep_the_splits_on_disk(tmp_path):
+  source_dir = _write_source(tmp_path / "idx", _garments(20, 1), _garments(8, 2))
+  sources = pipeline.load_sources(_data_config(tmp_path / "tfds", source_dir, in_memory=False))
+  assert not isinstance(sources.train, in_memory.InMemorySource)
+  assert not isinstance(sources.eval, in_memory.InMemorySource)
+  assert len(sources.train) == 20 and sources.train[3]["label"] == _garments(20, 1)[1][3]

@@ -89,7 +89,7 @@ def _open_sources(data_config) -> Sources:
         num_train=data_config.synthetic.num_train, num_test=data_config.synthetic.num_test,
         seed=data_config.synthetic.seed,
     )
-    train, evaluation = _in_memory_splits(builder)
+    train, evaluation = _splits(builder, data_config)
     return Sources(train, evaluation, DatasetInfo(
         SYNTHETIC, synthetic.NUM_CLASSES, len(train), len(evaluation), True, fixed_size=True))
   if data_config.name == FASHION_MNIST:
@@ -114,16 +114,18 @@ def _load_fashion_mnist(data_config) -> Sources:
     raise ValueError(f"config.data.source_dir: a Fashion-MNIST file is damaged: {e}. Reinstall "
                      f"it (`apt-get install --reinstall dataset-fashion-mnist`) or replace "
                      "it with the original.") from None
-  train, evaluation = _in_memory_splits(builder)
+  train, evaluation = _splits(builder, data_config)
   return Sources(train, evaluation, DatasetInfo(
       FASHION_MNIST, len(fashion_mnist.CLASS_NAMES), len(train), len(evaluation), True,
       fixed_size=True))
 
 
-def _in_memory_splits(builder) -> tuple[Any, Any]:
-  """The project's own small datasets: (train, test) read into memory once (in_memory.py says
-  why), each unless it is too large."""
+def _splits(builder, data_config) -> tuple[Any, Any]:
+  """(train, test) of the project's own datasets; with config.data.in_memory each is read into
+  memory once (data/in_memory.py says why) unless it is too large."""
   source = builder.as_data_source()
+  if not data_config.get("in_memory", True):  # configs saved before the field existed: on
+    return source["train"], source["test"]
   return in_memory.load(source["train"]), in_memory.load(source["test"])
 
 
