@@ -143,7 +143,7 @@ class RunPlan:
 # read may change.
 RESUME_FIELDS = ("seed", "model", "routing", "drop_warmup_epochs", "toe", "data", "batch_size",
                  "grad_accum_steps")
-RESUME_FREE = ("data.data_dir", "data.source_dir", "data.num_threads")
+RESUME_FREE = ("data.data_dir", "data.source_dir", "data.num_threads", "data.in_memory")
 
 
 def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:

@@ -2,6 +2,7 @@
 SIGKILL at a step, during an evaluation and during a checkpoint write; damaged checkpoints; a
 changed config on resume; a non-finite loss; and the log a run prints."""
 
+import json
 import os
 import signal
 import subprocess
@@ -172,18 +173,27 @@ def test_no_usable_checkpoint_is_one_clear_error(data_dir, tmp_path):
 def test_resuming_with_a_changed_config_lists_the_differences(data_dir, tmp_path, caplog):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(data_dir, stop_after_step=4), workdir)
-  changed = {"routing.drop_ratios": (0.3,), "batch_size": 16, "data.data_dir": data_dir}
+  changed = {"routing.drop_ratios": (0.3,), "batch_size": 16, "data.data_dir": data_dir,
+             "data.in_memory": False}
   with pytest.raises(ValueError) as error:
     train.train_and_evaluate(tiny_config(data_dir, **changed), workdir)
   message = str(error.value)
   assert "routing.drop_ratios: [0.55] -> [0.3]" in message and "batch_size: 32 -> 16" in message
-  assert "data.data_dir" not in message  # where the data lives may change
+  assert "data.data_dir" not in message  # where the data lives may change, and how it is read
+  assert "data.in_memory" not in message
   assert "config.allow_resume_with_changes=True" in message
   with caplog.at_level("WARNING"):
     result = train.train_and_evaluate(
         tiny_config(data_dir, allow_resume_with_changes=True, **{"routing.drop_ratios": (0.3,)}),
         workdir)
   assert result.step == 8 and "resuming with changed settings (allowed)" in caplog.text
+
+
+def test_a_workdir_from_before_data_in_memory_resumes_unchanged(data_dir):
+  config = tiny_config(data_dir)
+  saved = json.loads(config.to_json())
+  del saved["data"]["in_memory"]  # config.json as runs wrote it before the field existed
+  assert train.resume_differences(saved, config) == []
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,13 +2,13 @@
 
 Reading one example from a TFDS array_record data source costs about 160 us of Python on a
 2-core CPU host (record read, protobuf parse, feature decode), most of it holding Python's
-lock. At Fashion-MNIST's model, where a training step takes about 70 ms for 64 images, that
+lock. At Fashion-MNIST's model, where a training step takes about 60 ms for 64 images, that
 is 10 ms of every step spent on the loader threads, competing with the thread that dispatches
-the step: the trainer ran 800-900 images/s fed by the data source and 1100-1200 fed a batch
-already in memory. The project's own datasets (the synthetic one, Fashion-MNIST) are small
-(Fashion-MNIST's training split is 94 MB), so their splits are read once, in batches, into
-one array per feature; `source[i]` is then an array index and returns the values the data
-source would have, so training and evaluation see exactly the same data.
+the steps: the trainer ran 1.22x faster with the splits in memory (BENCHMARKS.md). The
+project's own datasets (the synthetic one, Fashion-MNIST) are small (Fashion-MNIST's two
+splits take 110 MB), so their splits are read once, in batches, into one array per feature;
+`source[i]` is then an array index and returns the values the data source would have, so
+training and evaluation see exactly the same data.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class InMemorySource:
     return sum(v.nbytes for v in self._features.values())
 
 
-def example_bytes(source) -> int:
+def _example_bytes(source) -> int:
   """The decoded size of one example of `source`, in bytes."""
   return sum(np.asarray(v).nbytes for v in source[0].values())
 
@@ -54,7 +54,7 @@ def example_bytes(source) -> int:
 def load(source, max_bytes: int = MAX_BYTES):
   """`source` read into an InMemorySource, or `source` itself when it would take more than
   `max_bytes` (judged by its first example) or is empty."""
-  if len(source) == 0 or example_bytes(source) * len(source) > max_bytes:
+  if len(source) == 0 or _example_bytes(source) * len(source) > max_bytes:
     return source
   chunks: dict[str, list[np.ndarray]] = {}
   for start in range(0, len(source), _READ_CHUNK):
