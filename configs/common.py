@@ -71,8 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"  # TFDS split names
   config.data.eval_split = "validation"  # (the synthetic dataset's are "train" and "test")
   config.data.num_threads = 8  # loader threads per host
-  # The synthetic and Fashion-MNIST splits (each under 2 GiB) read once into memory at start
-  # (skipvit_jax/data/in_memory.py): the loader threads index arrays, not decode records.
+  # The synthetic and Fashion-MNIST splits (each under 2 GiB) read once into memory, on first
+  # use (skipvit_jax/data/in_memory.py): the loader threads index arrays, not decode records.
   config.data.in_memory = True  # False: read every example from its array_record file
   # Host-side training augmentation after crop and flip (skipvit_jax/data/pipeline.py).
   config.data.rand_augment = ""  # timm RandAugment spec ("rand-m9-mstd0.5-inc1"); "" = off

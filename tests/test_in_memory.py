@@ -36,6 +36,22 @@ def test_every_example_reads_back_equal_across_read_chunks():
   assert source.nbytes == len(examples) * (16 + 8)
 
 
+class _CountingSource(_ListSource):
+  reads = 0
+
+  def __getitem__(self, index):
+    self.reads += 1
+    return super().__getitem__(index)
+
+
+def test_the_split_is_read_on_first_access_only():
+  source = _CountingSource(_examples(10))
+  held = in_memory.load(source)
+  assert source.reads == 1 and len(held) == 10  # the size check's one example
+  held[3], held[7]
+  assert source.reads == 11  # then the whole split, once
+
+
 def test_examples_are_read_only():
   source = in_memory.load(_ListSource(_examples(3)))
   with pytest.raises(ValueError, match="read-only"):

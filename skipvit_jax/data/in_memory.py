@@ -6,13 +6,14 @@ lock. At Fashion-MNIST's model, where a training step takes about 60 ms for 64 i
 is 10 ms of every step spent on the loader threads, competing with the thread that dispatches
 the steps: the trainer ran 1.22x faster with the splits in memory (BENCHMARKS.md). The
 project's own datasets (the synthetic one, Fashion-MNIST) are small (Fashion-MNIST's two
-splits take 110 MB), so their splits are read once, in batches, into one array per feature;
-`source[i]` is then an array index and returns the values the data source would have, so
-training and evaluation see exactly the same data.
+splits take 110 MB), so their splits are read once, on first access, in batches, into one
+array per feature; `source[i]` is then an array index and returns the values the data source
+would have, so training and evaluation see exactly the same data.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -24,26 +25,32 @@ _READ_CHUNK = 4096  # examples decoded per read: bounds the list of dicts held w
 
 
 class InMemorySource:
-  """Random access over a split whose features are stacked arrays: len() and [i] -> dict."""
+  """Random access over a split read, on first access, into one stacked array per feature:
+  len() and [i] -> dict. Opening a dataset only for its info or a few eval examples (notebooks,
+  inspect_run) therefore reads nothing; the first loader thread to ask reads the split."""
 
-  def __init__(self, features: dict[str, np.ndarray]):
-    lengths = {len(v) for v in features.values()}
-    if len(lengths) != 1:
-      raise ValueError(f"features of unequal lengths: { {k: len(v) for k, v in features.items()} }")
-    for array in features.values():
-      array.setflags(write=False)  # examples are views: an in-place transform must fail loudly
-    self._features = features
-    self._length = lengths.pop()
+  def __init__(self, source):
+    self._source = source
+    self._length = len(source)
+    self._features: dict[str, np.ndarray] | None = None
+    self._lock = threading.Lock()  # grain's loader threads ask at once
 
   def __len__(self) -> int:
     return self._length
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return {k: v[index] for k, v in self._features.items()}
+    return {k: v[index] for k, v in self._arrays().items()}
 
   @property
   def nbytes(self) -> int:
-    return sum(v.nbytes for v in self._features.values())
+    return sum(v.nbytes for v in self._arrays().values())
+
+  def _arrays(self) -> dict[str, np.ndarray]:
+    if self._features is None:
+      with self._lock:
+        if self._features is None:
+          self._features = _read_all(self._source)
+    return self._features
 
 
 def _example_bytes(source) -> int:
@@ -52,16 +59,24 @@ def _example_bytes(source) -> int:
 
 
 def load(source, max_bytes: int = MAX_BYTES):
-  """`source` read into an InMemorySource, or `source` itself when it would take more than
+  """`source` as an InMemorySource, or `source` itself when it would take more than
   `max_bytes` (judged by its first example) or is empty."""
   if len(source) == 0 or _example_bytes(source) * len(source) > max_bytes:
     return source
+  return InMemorySource(source)
+
+
+def _read_all(source) -> dict[str, np.ndarray]:
+  """Every example of `source`, one read-only array per feature."""
   chunks: dict[str, list[np.ndarray]] = {}
   for start in range(0, len(source), _READ_CHUNK):
     examples = _read(source, range(start, min(start + _READ_CHUNK, len(source))))
     for key in examples[0]:
       chunks.setdefault(key, []).append(np.stack([np.asarray(e[key]) for e in examples]))
-  return InMemorySource({k: np.concatenate(v) for k, v in chunks.items()})
+  features = {k: np.concatenate(v) for k, v in chunks.items()}
+  for array in features.values():
+    array.setflags(write=False)  # examples are views: an in-place transform must fail loudly
+  return features
 
 
 def _read(source, indices: range) -> list[dict]:
