@@ -49,7 +49,7 @@ import optax
 from benchmarks import timing
 from skipvit_jax import attention, flops, parallel, toe, training_step
 from skipvit_jax.models.variants import decode_variant
-from skipvit_jax.models.vit import DTYPES, ViT
+from skipvit_jax.models.vit import DTYPES, STEMS, ViT
 from skipvit_jax.routing import PAPER_ROWS, RoutingConfig
 
 # ToE's DeiT-S schedule (r0 0.25, rates 0.5 / 0.75 / 1.0, 2 sub-steps); stage 3 is dense.
@@ -80,7 +80,7 @@ def build_step(bench: BenchConfig, args, optimizer):
   """(pmapped step, model) for one configuration."""
   model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size,
               routing=bench.routing, attention=bench.attention, dtype=DTYPES[args.dtype],
-              remat=args.remat)
+              remat=args.remat, stem=args.stem)
   if bench.toe_stage:
     plan = toe.make_plan(model.num_patches, epoch=bench.toe_stage - 1, **TOE_DEIT_S)
     model = model.clone(toe=plan if plan.active else None)
@@ -98,7 +98,8 @@ def build_step(bench: BenchConfig, args, optimizer):
 def initial_state_and_batch(args, optimizer):
   """(host initial state, device batch), shared by every configuration: the parameters do
   not depend on routing, ToE or attention, and the batch is not donated."""
-  model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size)
+  model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size,
+              stem=args.stem)
   state = jax.device_get(training_step.init_state(model, optimizer, seed=0))
   rng = np.random.default_rng(0)
   batch = parallel.device_put_sharded(parallel.shard({
@@ -204,7 +205,7 @@ def run(args) -> dict:
         jax.block_until_ready(metrics)
       profiles[k] = profile_summary(trace_dir, args.profile_steps)
 
-  flop_args = dict(image_size=args.image_size, num_classes=args.num_classes)
+  flop_args = dict(image_size=args.image_size, num_classes=args.num_classes, stem=args.stem)
   head_dim = decode_variant(args.variant).head_dim
   dense_rates = {}
   results = []
@@ -244,7 +245,8 @@ def run(args) -> dict:
       "backend": jax.default_backend(),
       "device_kind": devices[0].device_kind,
       "local_devices": len(devices),
-      "variant": args.variant, "image_size": args.image_size, "batch_size": args.batch_size,
+      "variant": args.variant, "stem": args.stem, "image_size": args.image_size,
+      "batch_size": args.batch_size,
       "dtype": args.dtype, "attention": args.attention, "remat": args.remat,
       "peak_matmul_tflops_per_device": peak / 1e12,
       "matmul_tflops_by_size": {str(size): value / 1e12 for size, value in peaks.items()},
@@ -255,7 +257,8 @@ def run(args) -> dict:
 
 def table(report: dict) -> str:
   lines = [
-      f"train step, {report['variant']} {report['image_size']}px, global batch "
+      f"train step, {report['variant']}"
+      f"{' (conv stem)' if report['stem'] == 'conv' else ''} {report['image_size']}px, global batch "
       f"{report['batch_size']}, {report['dtype']}, attention {report['attention']}, "
       f"{report['local_devices']}x {report['device_kind']}, JAX {report['jax_version']}, "
       f"peak matmul {report['peak_matmul_tflops_per_device']:.3f} TFLOP/s per device",
@@ -283,6 +286,7 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--variant", default="S/16")
   parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--stem", default="patch", choices=STEMS, help="the model's config.model.stem")
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=256, help="global, over local devices")
   parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))

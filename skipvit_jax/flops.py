@@ -5,7 +5,8 @@ Per transformer block on N tokens (width d, MLP width m):
   MLP        2 N d m                            (= 8 N d^2 for m = 4d)
 so 12 N d^2 + 2 N^2 d for the standard m = 4d. A drop layer with drop_point
 "after_attention" runs its attention on the tokens present and its MLP on the kept ones.
-Patch embedding (P * p^2 * 3 * d) and the head (d * classes) complete the model.
+Patch embedding (P * p^2 * 3 * d; with the convolutional stem, its 3x3 convolutions and the
+1x1 projection, P * d^2) and the head (d * classes) complete the model.
 
 With ToE, layer 1 runs on all tokens and every later layer on ToE's 1 + S (SkipViT's drop
 layers then work within those).
@@ -46,6 +47,21 @@ def block_macs(num_attention_tokens: int, num_mlp_tokens: int, width: int, mlp_d
   return attention + 2 * num_mlp_tokens * d * mlp_dim
 
 
+def embedding_macs(variant: str, *, image_size: int, stem: str = "patch", channels: int = 3) -> int:
+  """MACs of the patch embedding ("patch") or of ViT's stem="conv" (models/vit.py: ConvStem)."""
+  dims = decode_variant(variant)
+  num_patches = (image_size // dims.patch_size) ** 2
+  if stem == "patch":
+    return num_patches * dims.patch_size**2 * channels * dims.width
+  num_convs = dims.patch_size.bit_length() - 1
+  macs, side, in_channels = 0, image_size, channels
+  for i in range(num_convs):
+    out_channels, side = dims.width // 2 ** (num_convs - 1 - i), -(-side // 2)  # "SAME" padding
+    macs += side * side * 9 * in_channels * out_channels
+    in_channels = out_channels
+  return macs + num_patches * in_channels * dims.width
+
+
 def forward_macs(
     variant: str,
     *,
@@ -54,6 +70,7 @@ def forward_macs(
     routing: RoutingConfig = RoutingConfig(),
     toe: ToEPlan | None = None,
     channels: int = 3,
+    stem: str = "patch",
 ) -> ForwardMacs:
   """MACs of one image's forward pass through ViT `variant` with `routing` (and ToE)."""
   dims = decode_variant(variant)
@@ -71,7 +88,7 @@ def forward_macs(
         for stage in plan.stages
     )
   return ForwardMacs(
-      patch_embedding=num_patches * dims.patch_size**2 * channels * dims.width,
+      patch_embedding=embedding_macs(variant, image_size=image_size, stem=stem, channels=channels),
       blocks=tuple(block_macs(n_attn, n_mlp, dims.width, dims.mlp_dim) for n_attn, n_mlp in tokens),
       head=dims.width * num_classes,
       routing_overhead=overhead,
@@ -80,26 +97,25 @@ def forward_macs(
 
 def ideal_speedup(
     variant: str, *, image_size: int, num_classes: int, routing: RoutingConfig = RoutingConfig(),
-    toe: ToEPlan | None = None,
+    toe: ToEPlan | None = None, stem: str = "patch",
 ) -> float:
   """Dense forward MACs / routed forward MACs: the speedup if time followed MACs."""
-  dense = forward_macs(variant, image_size=image_size, num_classes=num_classes)
-  routed = forward_macs(
-      variant, image_size=image_size, num_classes=num_classes, routing=routing, toe=toe
-  )
+  model = dict(image_size=image_size, num_classes=num_classes, stem=stem)
+  dense = forward_macs(variant, **model)
+  routed = forward_macs(variant, **model, routing=routing, toe=toe)
   return dense.total / routed.total
 
 
 def schedule_speedup(
-    variant: str, *, image_size: int, num_classes: int, phases: Sequence[Phase]
+    variant: str, *, image_size: int, num_classes: int, phases: Sequence[Phase],
+    stem: str = "patch",
 ) -> float:
   """Whole-run ideal speedup: dense MACs of every step / the MACs of each step's phase."""
-  dense = forward_macs(variant, image_size=image_size, num_classes=num_classes).total
+  model = dict(image_size=image_size, num_classes=num_classes, stem=stem)
+  dense = forward_macs(variant, **model).total
   steps = sum(p.end_step - p.start_step for p in phases)
   routed = sum(
-      (p.end_step - p.start_step)
-      * forward_macs(variant, image_size=image_size, num_classes=num_classes, routing=p.routing,
-                     toe=p.toe).total
+      (p.end_step - p.start_step) * forward_macs(variant, **model, routing=p.routing, toe=p.toe).total
       for p in phases
   )
   return steps * dense / routed

@@ -360,7 +360,8 @@ def _fit(flat: Flat, model: ViT, source: str) -> Flat:
                                      ("not in the model", extra)) if items]
     raise ValueError(
         f"{source} does not fit ViT({model.variant!r}) (width {dims.width}, depth {dims.depth}, "
-        f"{dims.num_heads} heads, patch {dims.patch_size}): " + "; ".join(problems))
+        f"{dims.num_heads} heads, patch {dims.patch_size}"
+        f"{', stem ' + repr(model.stem) if model.stem != 'patch' else ''}): " + "; ".join(problems))
   return {name: np.asarray(value, np.float32) for name, value in flat.items()}
 
 

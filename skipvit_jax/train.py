@@ -118,7 +118,7 @@ class RunPlan:
     """Logs the config, devices, data and each phase's cost; returns the whole-run FLOP-ideal
     speedup."""
     model, flop_args = self.model, dict(image_size=self.model.image_size,
-                                        num_classes=self.model.num_classes)
+                                        num_classes=self.model.num_classes, stem=self.model.stem)
     run_speedup = flops.schedule_speedup(model.variant, phases=self.phases, **flop_args)
     logging.info("config:\n%s", config)
     logging.info("devices: %d (%d per process, %d processes), kind %s", jax.device_count(),
@@ -144,6 +144,9 @@ class RunPlan:
 RESUME_FIELDS = ("seed", "model", "routing", "drop_warmup_epochs", "toe", "data", "batch_size",
                  "grad_accum_steps")
 RESUME_FREE = ("data.data_dir", "data.source_dir", "data.num_threads", "data.in_memory")
+# Fields added after workdirs were first written, with the value every earlier run had: an old
+# config.json without them describes the same run.
+ADDED_FIELDS = {"model.stem": "patch"}
 
 
 def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
@@ -156,8 +159,8 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
       yield prefix[:-1], tree
 
   current = json.loads(config.to_json())  # as config.json has it: tuples are lists
-  now = dict(leaves({k: current[k] for k in RESUME_FIELDS if k in current}))
-  before = dict(leaves({k: saved[k] for k in RESUME_FIELDS if k in saved}))
+  now = {**ADDED_FIELDS, **dict(leaves({k: current[k] for k in RESUME_FIELDS if k in current}))}
+  before = {**ADDED_FIELDS, **dict(leaves({k: saved[k] for k in RESUME_FIELDS if k in saved}))}
   return [f"{name}: {before.get(name, '(absent)')!r} -> {now.get(name, '(absent)')!r}"
           for name in sorted(set(now) | set(before))
           if name not in RESUME_FREE and now.get(name) != before.get(name)]
@@ -310,7 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       writer.write_text(0, "config", str(config))
       writer.write(0, {"flops/ideal_speedup": flops.ideal_speedup(
           plan.model.variant, routing=plan.model.routing, image_size=plan.model.image_size,
-          num_classes=plan.model.num_classes), "flops/run_ideal_speedup": run_speedup})
+          num_classes=plan.model.num_classes, stem=plan.model.stem),
+                                "flops/run_ideal_speedup": run_speedup})
     stop = exits.enter_context(stopping.StopRequest())
     faults = stopping.FaultInjector()
     steps = PhaseSteps(config, plan)

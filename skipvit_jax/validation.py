@@ -23,7 +23,7 @@ import ml_collections
 from skipvit_jax import attention, pretrained, schedule
 from skipvit_jax.data import fashion_mnist, pipeline, randaugment
 from skipvit_jax.models.variants import decode_variant
-from skipvit_jax.models.vit import DTYPES, GELUS, ViT
+from skipvit_jax.models.vit import DTYPES, GELUS, STEMS, ViT
 from skipvit_jax.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
 
 _SYNTHETIC_SIZES = (32, 224)  # skipvit_jax.data.synthetic.IMAGE_SIZE_RANGE
@@ -136,6 +136,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
       dtype=DTYPES[config.model.dtype],
       remat=config.model.remat,
       gelu=gelu,
+      stem=config.model.get("stem", "patch"),  # configs written before the stem was a choice
   )
 
 
@@ -177,6 +178,11 @@ def check_model(config: ml_collections.ConfigDict, num_classes: int = 2) -> ViT:
   if config.data.image_size % patch:
     raise ValueError(f"config.data.image_size: must be a multiple of the patch size {patch} of "
                      f"{config.model.variant}, got {config.data.image_size}")
+  if "stem" in config.model:
+    _choice(config, "model.stem", STEMS)
+    if config.model.stem == "conv" and (patch < 2 or patch & (patch - 1)):
+      raise ValueError(f"config.model.stem: 'conv' needs a patch size that is a power of 2 (2, 4, "
+                       f"8, 16, ...), {config.model.variant} has {patch}; or 'patch'")
   model = build_model(config, num_classes, routing)
   try:
     model.routing_plan

@@ -73,6 +73,23 @@ def _attention(h, p):
   return np.einsum("nhd,hdc->nc", o, p["out"]["kernel"]) + p["out"]["bias"], probs
 
 
+def conv_stem(image: np.ndarray, stem: dict) -> np.ndarray:
+  """(H, W, 3) -> (H/p, W/p, C): 3x3 stride-2 convolutions padded as XLA's "SAME" (the odd pad
+  row and column at the end), each followed by LayerNorm over channels and ReLU."""
+  x = image
+  for i in range(sum(1 for name in stem if name.startswith("conv_"))):
+    conv = stem[f"conv_{i}"]
+    size = x.shape[0]
+    out = -(-size // 2)
+    pad = max((out - 1) * 2 + 3 - size, 0)
+    padded = np.pad(x, ((pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2), (0, 0)))
+    y = conv["bias"] + sum(
+        padded[dy:dy + 2 * out - 1:2, dx:dx + 2 * out - 1:2] @ conv["kernel"][dy, dx]
+        for dy in range(3) for dx in range(3))
+    x = np.maximum(_layer_norm(y, stem[f"norm_{i}"]), 0)
+  return x
+
+
 def vit_forward(params, images, *, patch_size, drop_layers=(), num_keeps=(), return_layer=None,
                 mode="skip", drop_point="after_attention"):
   """Returns (logits (B, classes), keep lists per drop layer: list of (B, K) arrays of
@@ -83,9 +100,13 @@ def vit_forward(params, images, *, patch_size, drop_layers=(), num_keeps=(), ret
   logits, keeps = [], [[] for _ in drop_layers]
   for b, image in enumerate(np.asarray(images, np.float64)):
     side = image.shape[0] // patch_size
-    patches = image.reshape(side, patch_size, side, patch_size, 3).transpose(0, 2, 1, 3, 4)
-    kernel = p["embedding"]["kernel"]  # (p, p, 3, C)
-    tokens = np.einsum("ijpqc,pqcd->ijd", patches, kernel).reshape(side * side, -1)
+    kernel = p["embedding"]["kernel"]  # (p, p, 3, C); (1, 1, C, C) after a convolutional stem
+    if "stem" in p:
+      grid = conv_stem(image, p["stem"])  # (side, side, C)
+      tokens = grid.reshape(side * side, -1) @ kernel[0, 0]
+    else:
+      patches = image.reshape(side, patch_size, side, patch_size, 3).transpose(0, 2, 1, 3, 4)
+      tokens = np.einsum("ijpqc,pqcd->ijd", patches, kernel).reshape(side * side, -1)
     x = np.concatenate([p["cls"][0], tokens + p["embedding"]["bias"]], 0)
     x = x + enc["posembed_input"]["pos_embedding"][0]
     waiting = []  # (list of (original position -> token) dicts) per skip stage

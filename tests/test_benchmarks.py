@@ -43,6 +43,21 @@ def test_train_step_benchmark_smoke(tmp_path):
   assert report["results"][3]["toe_tokens"] == 33
 
 
+def test_train_step_benchmark_times_the_conv_stem_model(capsys):
+  report = train_step.main([
+      "--variant=Te/4", "--stem=conv", "--image_size=32", "--num_classes=10", "--batch_size=4",
+      "--dtype=float32", "--steps=2", "--rounds=1", "--warmup=1", "--matmul_sizes=128",
+      "--configs=6-55-11",
+  ])
+  assert report["stem"] == "conv" and "Te/4 (conv stem) 32px" in capsys.readouterr().err
+  routed = report["results"][1]
+  assert routed["ideal_speedup"] == pytest.approx(flops.ideal_speedup(
+      "Te/4", image_size=32, num_classes=10, routing=train_step.parse_config("6-55-11").routing,
+      stem="conv"), rel=1e-12)
+  assert routed["ideal_speedup"] < flops.ideal_speedup(
+      "Te/4", image_size=32, num_classes=10, routing=train_step.parse_config("6-55-11").routing)
+
+
 def test_paper_rows_parse_to_the_configs_routing():
   row = train_step.parse_config("4.7-30.30-10")
   assert (row.routing.drop_layers, row.routing.drop_ratios, row.routing.return_layer) == (

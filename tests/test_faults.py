@@ -196,6 +196,15 @@ def test_a_workdir_from_before_data_in_memory_resumes_unchanged(data_dir):
   assert train.resume_differences(saved, config) == []
 
 
+def test_a_workdir_from_before_model_stem_resumes_as_the_patch_stem(data_dir):
+  config = tiny_config(data_dir)
+  saved = json.loads(config.to_json())
+  del saved["model"]["stem"]  # runs before the field existed had the patch embedding
+  assert train.resume_differences(saved, config) == []
+  assert train.resume_differences(saved, tiny_config(data_dir, **{"model.stem": "conv"})) == [
+      "model.stem: 'patch' -> 'conv'"]
+
+
 # --------------------------------------------------------------------------------------------
 # A non-finite loss.
 

@@ -85,6 +85,7 @@ FIELDS = {
     "model.dtype": st.sampled_from(["float32", "bfloat16", "float16"]),
     "model.attention": st.sampled_from(attention.IMPLEMENTATIONS + ("flash",)),
     "model.gelu": st.sampled_from(["auto", "tanh", "exact", "relu"]),
+    "model.stem": st.sampled_from(["patch", "conv", "convolution"]),
     "model.dropout_rate": floats(-0.5, 1.5),
     "model.stochastic_depth": floats(-0.5, 1.5),
     "data.name": st.sampled_from(["synthetic", "fashion_mnist", ""]),
@@ -239,6 +240,8 @@ def test_fuzzed_toe_schedules_plan_or_name_the_field(fields, num_patches, epoch)
     ({"drop_warmup_epochs": 2.0}, "config.drop_warmup_epochs"),  # as long as the run
     ({"routing.mode": "evit"}, "config.routing.mode"),
     ({"model.gelu": "relu"}, "config.model.gelu"),
+    ({"model.stem": "convolution"}, "config.model.stem"),
+    ({"model.stem": "conv", "model.variant": "Te/6", "data.image_size": 36}, "config.model.stem"),
     ({"data.normalization": "unit"}, "config.data.normalization"),
     ({"toe.enabled": True, "toe.expansion_epochs": (3, 4, 5)}, "config.toe.expansion_epochs"),
     ({"optimizer.lr": math.nan}, "config.optimizer.lr"),

@@ -36,7 +36,11 @@ def _forward(model, params, images, **kwargs):
   return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False, **kwargs))(params, images)
 
 
-@pytest.mark.parametrize("variant,count", [("S/16", 22_050_664), ("Ti/16", 5_717_416)])
+# Tw/16 by hand: patch embedding 16*16*3*40 + 40, [CLS] 40, positions 197*40, 12 blocks of
+# 2 LayerNorms (4*40) + q, k, v, out (4*(40*40 + 40)) + MLP (40*160 + 160 + 160*40 + 40), the
+# final LayerNorm 80, the head 40*1000 + 1000.
+@pytest.mark.parametrize("variant,count",
+                         [("S/16", 22_050_664), ("Ti/16", 5_717_416), ("Tw/16", 316_400)])
 def test_parameter_count(variant, count):
   model = ViT(variant, num_classes=1000, image_size=224)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), _images(1, size=224), train=False))
@@ -80,6 +84,28 @@ def test_forward_matches_numpy_reference(routing):
   )
   np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4)
   assert len(aux["routing"]) == len(routing.drop_layers)
+  for record, want_keep in zip(aux["routing"], want_keeps):
+    np.testing.assert_array_equal(record["keep_idx"], want_keep)
+
+
+@pytest.mark.parametrize("routing", [RoutingConfig(), SKIP], ids=["dense", "skip"])
+def test_conv_stem_forward_matches_numpy_reference(routing):
+  model = ViT(**TINY, routing=routing, stem="conv")
+  params = _params(model)
+  assert jax.tree.map(jnp.shape, params["stem"]) == {
+      "conv_0": {"kernel": (3, 3, 3, 16), "bias": (16,)}, "norm_0": {"scale": (16,), "bias": (16,)},
+      "conv_1": {"kernel": (3, 3, 16, 32), "bias": (32,)}, "norm_1": {"scale": (32,), "bias": (32,)}}
+  assert params["embedding"]["kernel"].shape == (1, 1, 32, 32)
+  # Random LayerNorm parameters, so a wrong normalisation axis or a missing ReLU shows.
+  params["stem"] = jax.tree.map(
+      lambda x: x + jax.random.normal(jax.random.key(x.size), x.shape), params["stem"])
+  images = _images(2)
+  logits, aux = _forward(model, params, images)
+  plan = routing.plan(12, 64)
+  want_logits, want_keeps = reference.vit_forward(
+      params, images, patch_size=4, drop_layers=routing.drop_layers,
+      num_keeps=[s.num_keep for s in plan.stages], return_layer=routing.return_layer)
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4)
   for record, want_keep in zip(aux["routing"], want_keeps):
     np.testing.assert_array_equal(record["keep_idx"], want_keep)
 
@@ -252,6 +278,8 @@ def test_pmap_over_two_devices_matches_one_device():
         (dict(variant="X/16"), "model variant"),
         (dict(variant="S"), "model variant"),
         (dict(attention="flash"), "attention implementation"),
+        (dict(stem="convolution"), "stem: must be one of"),
+        (dict(variant="Te/6", image_size=24, stem="conv"), "stem: 'conv' needs a patch size"),
         (dict(dropout_rate=1.0), "dropout_rate"),
         (dict(routing=RoutingConfig((13,), (0.5,), 14)), "RoutingConfig.drop_layers"),
         (dict(routing=RoutingConfig((6,), (0.5,), 13)), "RoutingConfig.return_layer"),

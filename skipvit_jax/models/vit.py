@@ -278,6 +278,35 @@ class Encoder(nn.Module):
     return x, aux
 
 
+STEMS = ("patch", "conv")
+
+
+class ConvStem(nn.Module):
+  """Xiao et al. 2021, "Early Convolutions Help Transformers See Better": log2(p) 3x3 stride-2
+  convolutions, each with LayerNorm and ReLU, their channels doubling up to the width, then a
+  1x1 convolution (`embedding`). The same (H/p, W/p) token grid as a p x p patch embedding.
+
+  The paper normalises with BatchNorm; LayerNorm over channels keeps the model free of batch
+  statistics (one train state, identical replicas).
+  """
+
+  width: int
+  patch_size: int  # a power of 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: Array) -> Array:
+    """images: (B, H, W, 3) -> (B, H/p, W/p, C)."""
+    num_convs = self.patch_size.bit_length() - 1
+    x = images
+    for i in range(num_convs):
+      channels = self.width // 2 ** (num_convs - 1 - i)
+      x = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
+                  name=f"conv_{i}")(x)
+      x = nn.relu(nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=f"norm_{i}")(x))
+    return x
+
+
 def _tokens_after_toe(num_patches: int, toe: toe_lib.ToEPlan | None) -> int:
   return num_patches if toe is None else toe.num_selected
 
@@ -301,6 +330,8 @@ class ViT(nn.Module):
       (less memory for about one more forward pass of compute; the same values).
     gelu: the MLP's GELU, "tanh" (the approximation vision_transformer and big_vision
       checkpoints were trained with) or "exact" (erf, timm's and DeiT's).
+    stem: "patch", one p x p stride-p convolution (ViT), or "conv", ConvStem's stack of 3x3
+      stride-2 convolutions before a 1x1 `embedding` (p a power of 2; parameters under "stem").
 
   aux:
     "routing": per drop layer, in layer order, a dict with
@@ -328,6 +359,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   gelu: str = "tanh"
+  stem: str = "patch"
 
   def __post_init__(self):
     # Fail on bad configuration at construction, long before anything is traced.
@@ -345,6 +377,11 @@ class ViT(nn.Module):
     attention.check_implementation(self.attention)
     if self.gelu not in GELUS:
       raise ValueError(f"gelu: must be one of {GELUS}, got {self.gelu!r}")
+    if self.stem not in STEMS:
+      raise ValueError(f"stem: must be one of {STEMS}, got {self.stem!r}")
+    if self.stem == "conv" and (dims.patch_size < 2 or dims.patch_size & (dims.patch_size - 1)):
+      raise ValueError(f"stem: 'conv' needs a patch size that is a power of 2 (2, 4, 8, 16, ...), "
+                       f"got {dims.patch_size} (model variant {self.variant!r})")
     if self.toe is not None:
       if not self.toe.active:
         raise ValueError("toe: pass None instead of an inactive ToE plan")
@@ -382,11 +419,15 @@ class ViT(nn.Module):
     expected = (self.image_size, self.image_size, 3)
     if images.shape[1:] != expected:
       raise ValueError(f"images: expected (B, {', '.join(map(str, expected))}), got {images.shape}")
-    patch = dims.patch_size
+    x = images.astype(self.dtype)
+    kernel = dims.patch_size
+    if self.stem == "conv":
+      x = ConvStem(dims.width, dims.patch_size, self.dtype, name="stem")(x)
+      kernel = 1
     x = nn.Conv(
-        dims.width, (patch, patch), strides=(patch, patch), padding="VALID",
+        dims.width, (kernel, kernel), strides=(kernel, kernel), padding="VALID",
         dtype=self.dtype, name="embedding",
-    )(images.astype(self.dtype))
+    )(x)
     x = x.reshape(x.shape[0], -1, dims.width)  # (B, P, C)
     cls = self.param("cls", nn.initializers.zeros, (1, 1, dims.width))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, dims.width)), x], 1)
