@@ -18,6 +18,7 @@ RUNNABLE = [
     ("toe_deit_s_imagenet", "deit_t"), ("toe_deit_s_imagenet", "skipvit"),
     *[("skipvit_s16_imagenet", f"row={row}") for row in skipvit_s16_imagenet.ROWS],
     ("fashion_mnist", None), ("fashion_mnist", "row=6-55-11"), ("fashion_mnist", "toe"),
+    ("fashion_mnist", "long"), ("fashion_mnist", "long,row=6-55-11"),
     ("finetune", None), ("finetune", "toe"),
 ]
 
