@@ -36,8 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
   config.model.remat = False  # recompute each block's activations in the backward pass
   config.model.gelu = "auto"  # "tanh", "exact" (erf: timm/DeiT), "auto": init_from's, else tanh
-  # "patch": one p x p convolution (ViT); "conv": 3x3 stride-2 convolutions (Xiao et al. 2021).
-  config.model.stem = "patch"
+  config.model.stem = "patch"  # "patch" (ViT's p x p kernel) or "conv" (3x3 stride-2 convolutions)
 
   # SkipViT routing (skipvit_jax/routing.py); 1-based layers as in the paper. No drop layers
   # = a dense ViT.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from skipvit_jax.models.variants import decode_variant
+from skipvit_jax.models.variants import conv_stem_channels, decode_variant
 from skipvit_jax.routing import RoutingConfig
 from skipvit_jax.schedule import Phase
 from skipvit_jax.toe import ToEPlan
@@ -53,10 +53,9 @@ def embedding_macs(variant: str, *, image_size: int, stem: str = "patch", channe
   num_patches = (image_size // dims.patch_size) ** 2
   if stem == "patch":
     return num_patches * dims.patch_size**2 * channels * dims.width
-  num_convs = dims.patch_size.bit_length() - 1
   macs, side, in_channels = 0, image_size, channels
-  for i in range(num_convs):
-    out_channels, side = dims.width // 2 ** (num_convs - 1 - i), -(-side // 2)  # "SAME" padding
+  for out_channels in conv_stem_channels(dims.width, dims.patch_size):
+    side = -(-side // 2)  # stride 2, "SAME" padding
     macs += side * side * 9 * in_channels * out_channels
     in_channels = out_channels
   return macs + num_patches * in_channels * dims.width

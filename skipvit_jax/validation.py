@@ -22,7 +22,7 @@ import ml_collections
 
 from skipvit_jax import attention, pretrained, schedule
 from skipvit_jax.data import fashion_mnist, pipeline, randaugment
-from skipvit_jax.models.variants import decode_variant
+from skipvit_jax.models.variants import conv_stem_channels, decode_variant
 from skipvit_jax.models.vit import DTYPES, GELUS, STEMS, ViT
 from skipvit_jax.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
 
@@ -180,9 +180,11 @@ def check_model(config: ml_collections.ConfigDict, num_classes: int = 2) -> ViT:
                      f"{config.model.variant}, got {config.data.image_size}")
   if "stem" in config.model:
     _choice(config, "model.stem", STEMS)
-    if config.model.stem == "conv" and (patch < 2 or patch & (patch - 1)):
-      raise ValueError(f"config.model.stem: 'conv' needs a patch size that is a power of 2 (2, 4, "
-                       f"8, 16, ...), {config.model.variant} has {patch}; or 'patch'")
+    if config.model.stem == "conv":
+      try:
+        conv_stem_channels(1, patch)
+      except ValueError as e:
+        raise ValueError(f"config.model.{e} ({config.model.variant}), or 'patch'") from None
   model = build_model(config, num_classes, routing)
   try:
     model.routing_plan

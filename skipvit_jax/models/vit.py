@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from skipvit_jax import attention, routing
 from skipvit_jax import toe as toe_lib
-from skipvit_jax.models.variants import ViTDims, decode_variant
+from skipvit_jax.models.variants import ViTDims, conv_stem_channels, decode_variant
 from skipvit_jax.routing import RoutingConfig
 
 Array = jax.Array
@@ -283,8 +283,8 @@ STEMS = ("patch", "conv")
 
 class ConvStem(nn.Module):
   """Xiao et al. 2021, "Early Convolutions Help Transformers See Better": log2(p) 3x3 stride-2
-  convolutions, each with LayerNorm and ReLU, their channels doubling up to the width, then a
-  1x1 convolution (`embedding`). The same (H/p, W/p) token grid as a p x p patch embedding.
+  convolutions, each with LayerNorm and ReLU, their channels doubling up to the width; ViT
+  follows them with a 1x1 `embedding`. The same (H/p, W/p) token grid as a p x p patch kernel.
 
   The paper normalises with BatchNorm; LayerNorm over channels keeps the model free of batch
   statistics (one train state, identical replicas).
@@ -297,10 +297,8 @@ class ConvStem(nn.Module):
   @nn.compact
   def __call__(self, images: Array) -> Array:
     """images: (B, H, W, 3) -> (B, H/p, W/p, C)."""
-    num_convs = self.patch_size.bit_length() - 1
     x = images
-    for i in range(num_convs):
-      channels = self.width // 2 ** (num_convs - 1 - i)
+    for i, channels in enumerate(conv_stem_channels(self.width, self.patch_size)):
       x = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
                   name=f"conv_{i}")(x)
       x = nn.relu(nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=f"norm_{i}")(x))
@@ -379,9 +377,8 @@ class ViT(nn.Module):
       raise ValueError(f"gelu: must be one of {GELUS}, got {self.gelu!r}")
     if self.stem not in STEMS:
       raise ValueError(f"stem: must be one of {STEMS}, got {self.stem!r}")
-    if self.stem == "conv" and (dims.patch_size < 2 or dims.patch_size & (dims.patch_size - 1)):
-      raise ValueError(f"stem: 'conv' needs a patch size that is a power of 2 (2, 4, 8, 16, ...), "
-                       f"got {dims.patch_size} (model variant {self.variant!r})")
+    if self.stem == "conv":
+      conv_stem_channels(dims.width, dims.patch_size)
     if self.toe is not None:
       if not self.toe.active:
         raise ValueError("toe: pass None instead of an inactive ToE plan")
