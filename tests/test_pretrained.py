@@ -380,6 +380,17 @@ def test_another_variant_is_an_error_naming_the_first_mismatches(source, tmp_pat
   assert ("different shapes: embedding/kernel (8, 8, 3, 32) (model: (8, 8, 3, 192)), "
           "embedding/bias (32,) (model: (192,)), cls (1, 1, 32) (model: (1, 1, 192))") in message
   assert "more" in message  # only the first few are listed
+
+
+def test_a_patch_checkpoint_into_the_conv_stem_is_an_error_naming_the_stem(source, tmp_path):
+  _, params, _, _ = source
+  np.savez(tmp_path / "te.npz", **flat_names(params))
+  with pytest.raises(ValueError) as error:
+    pretrained.load(tmp_path / "te.npz",
+                    ViT("Te/8", num_classes=CLASSES, image_size=IMAGE, stem="conv"))
+  message = str(error.value)
+  assert "patch 8, stem 'conv'): different shapes: embedding/kernel (8, 8, 3, 32)" in message
+  assert "missing: stem/conv_0/bias, stem/conv_0/kernel" in message
   with pytest.raises(ValueError, match=r"missing: Transformer/encoderblock_12/"):
     pretrained.load(tmp_path / "te.npz", ViT("L/8", num_classes=CLASSES, image_size=IMAGE))
   with pytest.raises(ValueError, match=r"embedding/kernel \(8, 8, 3, 32\) \(model: \(4, 4, 3, 32\)\)"):
