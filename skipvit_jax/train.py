@@ -114,11 +114,16 @@ class RunPlan:
     optimizer, learning_rate = make_optimizer(config, steps_per_epoch, total_steps)
     return cls(model, steps_per_epoch, total_steps, phases, optimizer, learning_rate)
 
+  @property
+  def flop_args(self) -> dict:
+    """The model's arguments to the skipvit_jax.flops functions, besides its variant."""
+    return dict(image_size=self.model.image_size, num_classes=self.model.num_classes,
+                stem=self.model.stem)
+
   def log(self, config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> float:
     """Logs the config, devices, data and each phase's cost; returns the whole-run FLOP-ideal
     speedup."""
-    model, flop_args = self.model, dict(image_size=self.model.image_size,
-                                        num_classes=self.model.num_classes, stem=self.model.stem)
+    model, flop_args = self.model, self.flop_args
     run_speedup = flops.schedule_speedup(model.variant, phases=self.phases, **flop_args)
     logging.info("config:\n%s", config)
     logging.info("devices: %d (%d per process, %d processes), kind %s", jax.device_count(),
@@ -312,9 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if start_step == 0:
       writer.write_text(0, "config", str(config))
       writer.write(0, {"flops/ideal_speedup": flops.ideal_speedup(
-          plan.model.variant, routing=plan.model.routing, image_size=plan.model.image_size,
-          num_classes=plan.model.num_classes, stem=plan.model.stem),
-                                "flops/run_ideal_speedup": run_speedup})
+          plan.model.variant, routing=plan.model.routing, **plan.flop_args),
+                       "flops/run_ideal_speedup": run_speedup})
     stop = exits.enter_context(stopping.StopRequest())
     faults = stopping.FaultInjector()
     steps = PhaseSteps(config, plan)

@@ -174,7 +174,8 @@ def check_model(config: ml_collections.ConfigDict, num_classes: int = 2) -> ViT:
   _choice(config, "model.attention", attention.IMPLEMENTATIONS)
   _flag(config, "model.remat")
   routing = routing_config(config)
-  patch = decode_variant(config.model.variant).patch_size
+  dims = decode_variant(config.model.variant)
+  patch = dims.patch_size
   if config.data.image_size % patch:
     raise ValueError(f"config.data.image_size: must be a multiple of the patch size {patch} of "
                      f"{config.model.variant}, got {config.data.image_size}")
@@ -182,7 +183,7 @@ def check_model(config: ml_collections.ConfigDict, num_classes: int = 2) -> ViT:
     _choice(config, "model.stem", STEMS)
     if config.model.stem == "conv":
       try:
-        conv_stem_channels(1, patch)
+        conv_stem_channels(dims.width, patch)
       except ValueError as e:
         raise ValueError(f"config.model.{e} ({config.model.variant}), or 'patch'") from None
   model = build_model(config, num_classes, routing)
