@@ -9,7 +9,7 @@ after --warmup runs, each synchronised with block_until_ready):
 
 - pallas:    kernels.gather_attention (reads kept rows in place; returns [CLS] scores too),
 - xla:       take_along_axis gather + jax.nn.dot_product_attention(implementation="xla"),
-- cudnn:     the same through the model's "cudnn" attention (skipvit_jax/attention.py: cuDNN's
+- cudnn:     the same through the model's "cudnn" attention (skipvit_jax/models/attention.py: cuDNN's
              fused attention, tokens padded to an even count; GPU only, skipped elsewhere).
 
 The XLA baselines also compute the [CLS]-row scores (one extra (B, H, 1 + K) row of
@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks import timing
 from kernels import gather_attention as ga
-from skipvit_jax import attention
+from skipvit_jax.models import attention
 
 # Shape and probe-size flags: ViT-S/16 on a GPU by default, small under --tiny. Flags given
 # on the command line win over both.
@@ -87,7 +87,7 @@ def _measure_peaks(dtype, matmul_size: int, copy_mib: int, warmup: int, runs: in
 
 def _xla_attention(implementation: str):
   """Gather + attention + [CLS]-row scores, like gather_attention. `implementation` is a name
-  of skipvit_jax.attention: "dot_product_attention" (XLA) or "cudnn"."""
+  of skipvit_jax.models.attention: "dot_product_attention" (XLA) or "cudnn"."""
 
   def attend(q, k, v, keep_idx):
     if keep_idx is not None:

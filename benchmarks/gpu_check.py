@@ -48,7 +48,7 @@ import optax
 
 from benchmarks import timing, train_step
 from kernels import gather_attention as ga
-from skipvit_jax import attention
+from skipvit_jax.models import attention
 
 CONFIGS = "dense,6-55-11,6-45-fused,4.7-30.30-11,toe1,toe2,toe1+6-55-11"
 ATTENTIONS = "xla,cudnn,pallas"

@@ -1,4 +1,4 @@
-"""Training throughput on a CPU with glibc's default malloc and with skipvit_jax/host_memory.py.
+"""Training throughput on a CPU with glibc's default malloc and with skipvit_jax/runtime/host_memory.py.
 
   python -m benchmarks.host_malloc                     # configs/fashion_mnist.py, its batch
   python -m benchmarks.host_malloc --batch_size=64
@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 
 from benchmarks import timing
-from skipvit_jax import host_memory
+from skipvit_jax.runtime import host_memory
 
 MODES = ("system", "retained")
 REPO = Path(__file__).resolve().parents[1]  # where `configs` imports from

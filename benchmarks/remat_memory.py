@@ -31,7 +31,7 @@ import jax
 import optax
 
 from benchmarks import timing, train_step
-from skipvit_jax import parallel
+from skipvit_jax.runtime import parallel
 from skipvit_jax.models.vit import DTYPES, STEMS
 
 MIB = 2**20

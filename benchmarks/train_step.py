@@ -5,7 +5,7 @@
       --configs=dense,6-55-11                           # a seconds-long smoke run
   python -m benchmarks.train_step --attention=xla,cudnn,pallas --configs=dense,6-55-11
 
-Runs the trainer's own step (skipvit_jax.training_step: forward, backward, pmean, AdamW update,
+Runs the trainer's own step (skipvit_jax.train.step: forward, backward, pmean, AdamW update,
 pmap'd over the local devices) on synthetic batches already on the devices, so the input
 pipeline is out of the picture. Configurations are interleaved round by round, so a machine
 that speeds up or slows down during the run affects all of them alike. Per configuration:
@@ -47,10 +47,12 @@ import numpy as np
 import optax
 
 from benchmarks import timing
-from skipvit_jax import attention, flops, parallel, toe, training_step
+from skipvit_jax.models import attention, flops, toe
+from skipvit_jax.runtime import parallel
+from skipvit_jax.train import step as step_lib
 from skipvit_jax.models.variants import decode_variant
 from skipvit_jax.models.vit import DTYPES, STEMS, ViT
-from skipvit_jax.routing import PAPER_ROWS, RoutingConfig
+from skipvit_jax.models.routing import PAPER_ROWS, RoutingConfig
 
 # ToE's DeiT-S schedule (r0 0.25, rates 0.5 / 0.75 / 1.0, 2 sub-steps); stage 3 is dense.
 TOE_DEIT_S = dict(expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0), init_rate=0.25,
@@ -63,7 +65,7 @@ class BenchConfig:
   name: str
   routing: RoutingConfig
   toe_stage: int  # 0: no ToE
-  attention: str = "xla"  # attention implementation (skipvit_jax/attention.py)
+  attention: str = "xla"  # attention implementation (skipvit_jax/models/attention.py)
 
 
 def parse_config(name: str, attention: str = "xla") -> BenchConfig:
@@ -86,8 +88,8 @@ def build_step(bench: BenchConfig, args, optimizer):
     model = model.clone(toe=plan if plan.active else None)
   step = jax.pmap(
       functools.partial(
-          training_step.train_step, model=model, optimizer=optimizer,
-          learning_rate=lambda count: args.lr, regularization=training_step.Regularization(),
+          step_lib.train_step, model=model, optimizer=optimizer,
+          learning_rate=lambda count: args.lr, regularization=step_lib.Regularization(),
           seed=0,
       ),
       axis_name=parallel.AXIS, donate_argnums=(0,),
@@ -100,7 +102,7 @@ def initial_state_and_batch(args, optimizer):
   not depend on routing, ToE or attention, and the batch is not donated."""
   model = ViT(args.variant, num_classes=args.num_classes, image_size=args.image_size,
               stem=args.stem)
-  state = jax.device_get(training_step.init_state(model, optimizer, seed=0))
+  state = jax.device_get(step_lib.init_state(model, optimizer, seed=0))
   rng = np.random.default_rng(0)
   batch = parallel.device_put_sharded(parallel.shard({
       "image": rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(np.float32),
@@ -294,7 +296,7 @@ def parse_args(argv=None):
                       help="recompute each block's activations in the backward pass")
   parser.add_argument("--attention", default="xla",
                       help="attention implementation(s), comma-separated (see "
-                           "skipvit_jax/attention.py)")
+                           "skipvit_jax/models/attention.py)")
   parser.add_argument("--compile_threads", type=int, default=0,
                       help="threads compiling the steps in parallel (0: one per CPU core)")
   parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))

@@ -32,13 +32,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.variant = "S/16"  # "<size>/<patch>": Te (testing), Ti, S, B, L
   config.model.dropout_rate = 0.0  # dropout after embedding, attention and MLP
   config.model.stochastic_depth = 0.0  # drop-path rate of the last block (0 at the first)
-  config.model.attention = "auto"  # attention implementation (skipvit_jax/attention.py)
+  config.model.attention = "auto"  # attention implementation (skipvit_jax/models/attention.py)
   config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
   config.model.remat = False  # recompute each block's activations in the backward pass
   config.model.gelu = "auto"  # "tanh", "exact" (erf: timm/DeiT), "auto": init_from's, else tanh
   config.model.stem = "patch"  # "patch" (ViT's p x p kernel) or "conv" (3x3 stride-2 convolutions)
 
-  # SkipViT routing (skipvit_jax/routing.py); 1-based layers as in the paper. No drop layers
+  # SkipViT routing (skipvit_jax/models/routing.py); 1-based layers as in the paper. No drop layers
   # = a dense ViT.
   config.routing = ml_collections.ConfigDict()
   config.routing.drop_layers = ()  # layers that drop tokens, increasing
@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.routing.score = "cls_attention"  # token ranking; "random": the random-subset control
   config.drop_warmup_epochs = 0.0  # train with all tokens this long before routing
 
-  # ToE token expansion after layer 1 (skipvit_jax/toe.py); stages start at given epochs.
+  # ToE token expansion after layer 1 (skipvit_jax/models/toe.py); stages start at given epochs.
   config.toe = ml_collections.ConfigDict()
   config.toe.enabled = False  # off: no ToE
   config.toe.expansion_epochs = (0, 100, 200)  # 0-based epoch at which each stage starts
@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.source_dir = "/usr/share/datasets/fashion-mnist"  # read once, when preparing
   config.data.image_size = 224  # model input side in pixels
   # Input normalisation: "minus_one_to_one" (vision_transformer and big_vision checkpoints),
-  # "imagenet" (mean/std: timm and DeiT checkpoints); see skipvit_jax/pretrained.py.
+  # "imagenet" (mean/std: timm and DeiT checkpoints); see skipvit_jax/models/pretrained.py.
   config.data.normalization = "dataset"  # the dataset's: [-1, 1] synthetic/Fashion, else imagenet
   config.data.train_split = "train"  # TFDS split names
   config.data.eval_split = "validation"  # (the synthetic dataset's are "train" and "test")
@@ -112,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1.0  # evaluation cadence (and always at the end)
   config.checkpoint_every_steps = 1000  # checkpoint cadence (and always at the end)
   config.keep_checkpoints = 3  # checkpoints kept in workdir/checkpoints
-  # Pretrained weights to start from (skipvit_jax/pretrained.py: vision_transformer or big_vision
+  # Pretrained weights to start from (skipvit_jax/models/pretrained.py: vision_transformer or big_vision
   # .npz, timm .safetensors/.pth, a skipvit_jax workdir); used only when the workdir has no
   # checkpoint yet (resuming always wins).
   config.init_from = ""  # "": from scratch

@@ -3,8 +3,8 @@
   # 1. a dense checkpoint: the default's dense run (synthetic shapes, 48 px, 8 x 8 patches)
   python main.py --config configs/default.py:baseline --workdir /tmp/dense_48
   # 2. exported as a vision_transformer .npz (what other tools read; any format
-  #    skipvit_jax/pretrained.py lists can be the starting point instead)
-  python -m skipvit_jax.pretrained --workdir /tmp/dense_48 --out /tmp/dense_48.npz
+  #    skipvit_jax/models/pretrained.py lists can be the starting point instead)
+  python -m skipvit_jax.tools.export --workdir /tmp/dense_48 --out /tmp/dense_48.npz
   # 3. fine-tuned at 60 px (10 x 10 patches: the position embedding is resized) with the
   #    6-55-11 routing from the first step, or with ToE and 6-55-11
   python main.py --config configs/finetune.py --config.init_from=/tmp/dense_48.npz --workdir /tmp/ft

@@ -19,8 +19,8 @@ dense baseline's (configs/vit_s16_imagenet.py) plus 15 drop warm-up epochs. Pape
 import ml_collections
 
 from configs import common, vit_s16_imagenet
-from skipvit_jax.routing import PAPER_ROWS as ROWS
-from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.models.routing import PAPER_ROWS as ROWS
+from skipvit_jax.models.routing import RoutingConfig
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

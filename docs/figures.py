@@ -7,7 +7,7 @@ seeds, the Pareto front joined) and recall_vs_epoch.png (kept-object recall of t
 layer over training, seed 0, against the keep ratio a random router would recall). Prints the
 summary table docs/results.md shows (markdown), then the claims' contrasts as JSON: for each
 pair of runs (CONTRASTS), the paired difference over the seeds both finished, with its 95% t
-interval (skipvit_jax.sweep.paired_difference).
+interval (skipvit_jax.tools.sweep.runner.paired_difference).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from skipvit_jax import sweep
-from skipvit_jax.viz import plots, sweeps
+from skipvit_jax.tools.sweep import runner
+from skipvit_jax.tools.viz import plots, sweeps
 
 RECALL = "eval/kept_object_recall_0"
 KEEP_RATIO = "eval/keep_ratio_0"
@@ -43,8 +43,8 @@ RECALL_RUNS = ("6-55-11", "6-55-11_warmup0", "6-55-11_random", "6-45-11", "4.7-3
 def contrasts(rows: list[dict]) -> list[dict]:
   """CONTRASTS over the finished runs of results.json's per-run rows."""
   return [{"run": run, "reference": reference, "metric": metric,
-           **sweep.paired_difference(sweep.seed_values(rows, run, metric),
-                                     sweep.seed_values(rows, reference, metric))}
+           **runner.paired_difference(runner.seed_values(rows, run, metric),
+                                     runner.seed_values(rows, reference, metric))}
           for run, reference, metric in CONTRASTS]
 
 

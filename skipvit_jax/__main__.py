@@ -8,7 +8,7 @@ repository's main.py.
 
 Rerunning with the same --workdir resumes from its latest checkpoint. Exit status: 0 when the
 run finished (or stopped at config.stop_after_step), 143 when SIGTERM stopped it after writing a
-checkpoint (skipvit_jax/stopping.py), 1 on an error.
+checkpoint (skipvit_jax/train/stopping.py), 1 on an error.
 """
 
 import sys
@@ -16,7 +16,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from skipvit_jax import host_memory, stopping, train
+from skipvit_jax.runtime import host_memory
+from skipvit_jax.train import loop, stopping
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                           lock_config=True)
@@ -29,8 +30,8 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if host_memory.retain_freed_memory():  # before JAX starts its threads
     logging.info("CPU-only host: glibc malloc set to one arena, no mmap, no trimming "
-                 "(skipvit_jax/host_memory.py)")
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+                 "(skipvit_jax/runtime/host_memory.py)")
+  result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.preempted:  # SIGTERM: checkpointed; the same command resumes
     sys.exit(stopping.EXIT_PREEMPTED)
 

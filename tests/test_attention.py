@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from skipvit_jax import ViT, RoutingConfig, attention
-from tests import reference
+from skipvit_jax import ViT, RoutingConfig
+from skipvit_jax.models import attention
+from tests.support import reference
 
 
 def _qkv(seed, batch=2, n=65, heads=3, d=8):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_check, host_malloc, input_pipeline, train_step
-from skipvit_jax import flops
+from skipvit_jax.models import flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_model_and_benchmarks_import_without_the_data_stack():
           " 'tensorboardX'):\n"
           "  sys.modules[m] = None  # any import of them raises ImportError\n"
           "import benchmarks.train_step, benchmarks.gather_attention, kernels.gather_attention\n"
-          "import skipvit_jax.models.vit, skipvit_jax.training_step, skipvit_jax.flops\n")
+          "import skipvit_jax.models.vit, skipvit_jax.train.step, skipvit_jax.models.flops\n")
   subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)
 
 

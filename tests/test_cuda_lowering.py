@@ -1,6 +1,6 @@
 """The trainer's training and evaluation steps lower for NVIDIA GPUs, with the named kernels.
 
-No GPU is needed: tests/cuda_lowering.py lowers for CUDA on the CPU, with JAX's hardware
+No GPU is needed: tests/support/cuda_lowering.py lowers for CUDA on the CPU, with JAX's hardware
 probes answering as an H100 with cuDNN 9.10 would. Every check asserts which kernel is in the
 lowered program (cuDNN's fused-attention custom calls, one per layer, forward and backward,
 at the padded token counts; the Pallas kernel's Triton calls), so a silent fallback to another
@@ -29,9 +29,11 @@ import pytest
 
 from configs import default, skipvit_s16_imagenet, toe_deit_s_imagenet, vit_s16_imagenet
 from configs.sweeps import paper_row
-from skipvit_jax import ViT, attention, evaluate, train, training_step
-from tests import cuda_lowering
-from tests.cuda_lowering import CUDNN_BACKWARD, CUDNN_FORWARD
+from skipvit_jax import ViT
+from skipvit_jax.models import attention
+from skipvit_jax.train import evaluate, loop, step as step_lib
+from tests.support import cuda_lowering
+from tests.support.cuda_lowering import CUDNN_BACKWARD, CUDNN_FORWARD
 
 STEPS_PER_EPOCH = 10
 PER_DEVICE_BATCH = 2
@@ -81,22 +83,22 @@ S16_CASES = {  # name: (config, phase, the token counts its layers attend over)
 
 def _phase_model(config, phase_name: str):
   """The model the trainer builds for the named training phase of `config`."""
-  model = train.build_model(config, num_classes=1000)
-  total_steps = train.total_train_steps(config, STEPS_PER_EPOCH)
-  phases = train.training_phases(config, model, STEPS_PER_EPOCH, total_steps)
+  model = loop.build_model(config, num_classes=1000)
+  total_steps = loop.total_train_steps(config, STEPS_PER_EPOCH)
+  phases = loop.training_phases(config, model, STEPS_PER_EPOCH, total_steps)
   [phase] = [p for p in phases if p.name == phase_name]
   return model, model.clone(routing=phase.routing, toe=phase.toe)
 
 
 def _optimizer(config):
   """The trainer's (optimizer, learning-rate schedule) for `config`."""
-  total_steps = train.total_train_steps(config, STEPS_PER_EPOCH)
-  return train.make_optimizer(config, STEPS_PER_EPOCH, total_steps)
+  total_steps = loop.total_train_steps(config, STEPS_PER_EPOCH)
+  return loop.make_optimizer(config, STEPS_PER_EPOCH, total_steps)
 
 
-def _abstract_state(config, model, optimizer) -> training_step.TrainState:
+def _abstract_state(config, model, optimizer) -> step_lib.TrainState:
   """The shapes of the trainer's initial state: parameters, optimizer state and any EMA."""
-  return jax.eval_shape(lambda: train.initial_state(config, model, optimizer))
+  return jax.eval_shape(lambda: loop.initial_state(config, model, optimizer))
 
 
 def _batch(model, **extra_fields) -> dict:
@@ -112,7 +114,7 @@ def _lower_train_step(config, phase_name: str) -> tuple[str, ViT]:
   """Lowered text of the trainer's own step for the phase, and the phase's model."""
   model, phase_model = _phase_model(config, phase_name)
   optimizer, learning_rate = _optimizer(config)
-  step = train.per_device_train_step(config, phase_model, optimizer, learning_rate)
+  step = loop.per_device_train_step(config, phase_model, optimizer, learning_rate)
   state = _abstract_state(config, model, optimizer)
   return cuda_lowering.lower_for_cuda(step, state, _batch(model)), phase_model
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist as fashion_mnist_config
-from skipvit_jax import evaluate, train
+from skipvit_jax.train import evaluate, loop
 from skipvit_jax.data import fashion_mnist, pipeline
 
 REAL_FILES = fashion_mnist.DEBIAN_DIR
@@ -216,7 +216,7 @@ def test_a_short_training_run_learns_the_real_images(tmp_path):
   config.optimizer.warmup_epochs = 0.05
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert result.step == 200
   metrics = result.eval_metrics
   assert metrics["eval/num_examples"] == 10_000  # the whole test split

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from skipvit_jax import checkpointing, pretrained, stopping, train
+from skipvit_jax.models import pretrained
+from skipvit_jax.train import checkpointing, loop, stopping
 from tests.test_train import NUM_TEST, NUM_TRAIN, _records, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory):
   """The uninterrupted run's final parameters, flat."""
-  result = train.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0),
+  result = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0),
                                     str(tmp_path_factory.mktemp("reference")))
   assert result.step == 8
   return pretrained._flatten(result.params)
@@ -57,7 +58,7 @@ def test_sigterm_checkpoints_the_last_step_and_the_rerun_ends_bitwise_equal(
     data_dir, reference, tmp_path, monkeypatch, point):
   workdir = str(tmp_path / "run")
   monkeypatch.setenv(stopping.FAULT_ENV, f"SIGTERM@{point}:{FAULT_STEP}")
-  stopped = train.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
+  stopped = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
   assert stopped.preempted and stopped.step == FAULT_STEP
   assert checkpointing.Checkpoints(workdir, keep=3).latest_step() == FAULT_STEP
   records = _records(workdir)
@@ -67,7 +68,7 @@ def test_sigterm_checkpoints_the_last_step_and_the_rerun_ends_bitwise_equal(
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
 
   monkeypatch.delenv(stopping.FAULT_ENV)
-  resumed = train.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
+  resumed = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
   assert resumed.step == 8 and not resumed.preempted
   assert_bitwise_equal(pretrained._flatten(resumed.params), reference)
   assert _records(workdir)[-1]["train/finished"] == 1
@@ -144,10 +145,10 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   workdir = str(tmp_path)
   stopped = tiny_config(data_dir, eval_every_epochs=1.0, stop_after_step=6,
                         checkpoint_every_steps=2)
-  train.train_and_evaluate(stopped, workdir)  # checkpoints at 2, 4, 6
+  loop.train_and_evaluate(stopped, workdir)  # checkpoints at 2, 4, 6
   damage(workdir, 6, how)
   with caplog.at_level("INFO"):
-    resumed = train.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
+    resumed = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
   assert "checkpoint at step 6 is damaged" in caplog.text
   assert "resuming from step 4 instead" in caplog.text
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "6.damaged"))
@@ -157,12 +158,12 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
 
 def test_no_usable_checkpoint_is_one_clear_error(data_dir, tmp_path):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config(data_dir, stop_after_step=4, checkpoint_every_steps=2),
+  loop.train_and_evaluate(tiny_config(data_dir, stop_after_step=4, checkpoint_every_steps=2),
                            workdir)  # checkpoints at 2 and 4
   damage(workdir, 2, "truncate")
   damage(workdir, 4, "delete")
   with pytest.raises(checkpointing.CheckpointError) as error:
-    train.train_and_evaluate(tiny_config(data_dir), workdir)
+    loop.train_and_evaluate(tiny_config(data_dir), workdir)
   message = str(error.value)
   assert "None of the checkpoints" in message and "step 4:" in message and "step 2:" in message
   assert "To start over from step 0, move the checkpoints directory aside" in message
@@ -172,18 +173,18 @@ def test_no_usable_checkpoint_is_one_clear_error(data_dir, tmp_path):
 
 def test_resuming_with_a_changed_config_lists_the_differences(data_dir, tmp_path, caplog):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config(data_dir, stop_after_step=4), workdir)
+  loop.train_and_evaluate(tiny_config(data_dir, stop_after_step=4), workdir)
   changed = {"routing.drop_ratios": (0.3,), "batch_size": 16, "data.data_dir": data_dir,
              "data.in_memory": False}
   with pytest.raises(ValueError) as error:
-    train.train_and_evaluate(tiny_config(data_dir, **changed), workdir)
+    loop.train_and_evaluate(tiny_config(data_dir, **changed), workdir)
   message = str(error.value)
   assert "routing.drop_ratios: [0.55] -> [0.3]" in message and "batch_size: 32 -> 16" in message
   assert "data.data_dir" not in message  # where the data lives may change, and how it is read
   assert "data.in_memory" not in message
   assert "config.allow_resume_with_changes=True" in message
   with caplog.at_level("WARNING"):
-    result = train.train_and_evaluate(
+    result = loop.train_and_evaluate(
         tiny_config(data_dir, allow_resume_with_changes=True, **{"routing.drop_ratios": (0.3,)}),
         workdir)
   assert result.step == 8 and "resuming with changed settings (allowed)" in caplog.text
@@ -193,15 +194,15 @@ def test_a_workdir_from_before_data_in_memory_resumes_unchanged(data_dir):
   config = tiny_config(data_dir)
   saved = json.loads(config.to_json())
   del saved["data"]["in_memory"]  # config.json as runs wrote it before the field existed
-  assert train.resume_differences(saved, config) == []
+  assert loop.resume_differences(saved, config) == []
 
 
 def test_a_workdir_from_before_model_stem_resumes_as_the_patch_stem(data_dir):
   config = tiny_config(data_dir)
   saved = json.loads(config.to_json())
   del saved["model"]["stem"]  # runs before the field existed had the patch embedding
-  assert train.resume_differences(saved, config) == []
-  assert train.resume_differences(saved, tiny_config(data_dir, **{"model.stem": "conv"})) == [
+  assert loop.resume_differences(saved, config) == []
+  assert loop.resume_differences(saved, tiny_config(data_dir, **{"model.stem": "conv"})) == [
       "model.stem: 'patch' -> 'conv'"]
 
 
@@ -214,12 +215,12 @@ def test_nonfinite_loss_stops_and_keeps_the_last_finite_state(data_dir, tmp_path
   # so step 3's loss is not finite.
   blow_up = {"optimizer.lr": 1e30, "optimizer.warmup_epochs": 0.5, "drop_warmup_epochs": 0.0,
              "eval_every_epochs": 10.0, "checkpoint_every_steps": 100}
-  with pytest.raises(train.NonFiniteError, match=r"step 3: loss or gradient is not finite") as e:
-    train.train_and_evaluate(tiny_config(data_dir, **blow_up), str(tmp_path / "nan"))
+  with pytest.raises(loop.NonFiniteError, match=r"step 3: loss or gradient is not finite") as e:
+    loop.train_and_evaluate(tiny_config(data_dir, **blow_up), str(tmp_path / "nan"))
   assert "the checkpoint at step 2 holds the last finite state" in str(e.value)
   saved = final_params(tmp_path / "nan")
   assert all(np.isfinite(v).all() for v in saved.values())
-  finite_run = train.train_and_evaluate(tiny_config(data_dir, stop_after_step=2, **blow_up),
+  finite_run = loop.train_and_evaluate(tiny_config(data_dir, stop_after_step=2, **blow_up),
                                         str(tmp_path / "two_steps"))
   assert_bitwise_equal(saved, pretrained._flatten(finite_run.params))
   assert checkpointing.Checkpoints(str(tmp_path / "nan"), keep=3).latest_step() == 2

@@ -3,7 +3,8 @@ project quote."""
 
 import pytest
 
-from skipvit_jax import RoutingConfig, flops
+from skipvit_jax import RoutingConfig
+from skipvit_jax.models import flops
 
 S16 = dict(image_size=224, num_classes=1000)
 ROW_6_55_11 = RoutingConfig((6,), (0.55,), 11)

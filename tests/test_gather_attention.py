@@ -18,8 +18,8 @@ from jax.experimental import pallas as pl
 
 from benchmarks import gather_attention as benchmark
 from kernels import gather_attention as ga
-from skipvit_jax import routing
-from tests import cuda_lowering, reference
+from skipvit_jax.models import routing
+from tests.support import cuda_lowering, reference
 
 INTERPRET = not ga.can_lower()
 # Small tiles so that small shapes still span several query and key tiles.

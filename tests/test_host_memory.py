@@ -1,4 +1,4 @@
-"""skipvit_jax.host_memory: a freed step-sized block is reused, not unmapped and faulted back."""
+"""skipvit_jax.runtime.host_memory: a freed step-sized block is reused, not unmapped and faulted back."""
 
 import os
 import subprocess
@@ -7,13 +7,13 @@ import textwrap
 
 import pytest
 
-from skipvit_jax import host_memory
+from skipvit_jax.runtime import host_memory
 
 # A worker thread (as XLA's are) allocates, touches and frees a 140 MB block ten times, like
 # ten training steps' temporaries; prints the page faults that took.
 _STEPS = textwrap.dedent("""
     import ctypes, ctypes.util, resource, sys, threading
-    from skipvit_jax import host_memory
+    from skipvit_jax.runtime import host_memory
     applied = host_memory.retain_freed_memory() if sys.argv[1] == "retain" else False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p

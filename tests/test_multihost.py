@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from skipvit_jax import train
+from skipvit_jax.train import loop
 from skipvit_jax.data import pipeline
 from tests import test_train
 
@@ -36,7 +36,7 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
                  JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(process_id), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
       procs.append(subprocess.Popen(
-          [sys.executable, "-m", "tests.multihost_driver", data_dir, str(tmp_path)],
+          [sys.executable, "-m", "tests.support.multihost_driver", data_dir, str(tmp_path)],
           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
   finally:
@@ -53,7 +53,7 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
 
   # The same run in this process: 2 devices (conftest), the same global batch of 32.
   assert jax.device_count() == 2
-  single = train.train_and_evaluate(test_train.tiny_config(data_dir), str(tmp_path / "single"))
+  single = loop.train_and_evaluate(test_train.tiny_config(data_dir), str(tmp_path / "single"))
   runs = [np.load(tmp_path / f"params_{i}.npz") for i in range(2)]
   leaves = jax.tree.leaves(single.params)
   max_diff = max(float(np.max(np.abs(run[str(i)] - leaf)))

@@ -68,7 +68,7 @@ def test_a_wheel_install_runs_a_sweep_outside_the_repository(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH="")
   result = subprocess.run(
-      [python, "-m", "skipvit_jax.sweep", "--sweep", "one.py", "--sweep_dir", "out",
+      [python, "-m", "skipvit_jax.tools.sweep", "--sweep", "one.py", "--sweep_dir", "out",
        *(f"--override={field}={value}" for field, value in tiny.items())],
       cwd=work, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""skipvit_jax.pretrained: each checkpoint format, written here from a model's parameters in
+"""skipvit_jax.models.pretrained: each checkpoint format, written here from a model's parameters in
 that format's layout, loads into a fresh model that computes the same logits; export round
 trips; position embeddings resize; heads are kept or re-initialised; mismatches are named."""
 
@@ -16,7 +16,10 @@ from safetensors.numpy import save_file
 
 from configs import default
 from configs.sweeps import paper_row
-from skipvit_jax import ViT, checkpointing, pretrained, train, training_step
+from skipvit_jax import ViT
+from skipvit_jax.models import pretrained
+from skipvit_jax.tools import export
+from skipvit_jax.train import checkpointing, loop, step as step_lib
 from skipvit_jax.data import pipeline
 from skipvit_jax.models.vit import GELUS
 
@@ -243,7 +246,7 @@ def test_pth_without_torch_says_how_to_convert(tmp_path, monkeypatch):
 def test_orbax_checkpoint_of_this_project_loads_from_any_of_its_directories(source, tmp_path):
   model, params, images, expected = source
   optimizer = optax.adam(1e-3)
-  state = training_step.init_state(model, optimizer, seed=0).replace(params=params)
+  state = step_lib.init_state(model, optimizer, seed=0).replace(params=params)
   checkpoints = checkpointing.Checkpoints(str(tmp_path), keep=1)
   checkpoints.save(7, jax.device_get(state))
   checkpoints.close()
@@ -298,11 +301,11 @@ def test_exported_file_has_vision_transformer_names(source, tmp_path):
 def test_export_command_writes_a_workdirs_parameters(source, tmp_path, capsys):
   model, params, _, _ = source
   optimizer = optax.adam(1e-3)
-  state = training_step.init_state(model, optimizer, seed=0).replace(params=params)
+  state = step_lib.init_state(model, optimizer, seed=0).replace(params=params)
   checkpoints = checkpointing.Checkpoints(str(tmp_path / "run"), keep=1)
   checkpoints.save(3, jax.device_get(state))
   checkpoints.close()
-  pretrained.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "run.npz")])
+  export.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "run.npz")])
   assert "run.npz" in capsys.readouterr().out
   with np.load(tmp_path / "run.npz") as exported:
     np.testing.assert_array_equal(exported["head/kernel"], params["head"]["kernel"])
@@ -447,17 +450,17 @@ def tiny_run_config(data_dir, *, image_size: int, steps: int, **overrides):
 def test_fine_tuning_from_an_export_beats_the_same_run_from_scratch(tmp_path, caplog):
   # A short dense run at 32 px (4 x 4 patches), exported as a vision_transformer .npz, then
   # fine-tuned at 40 px (5 x 5 patches) with 6-55-11 routing from the first step.
-  dense = train.train_and_evaluate(
+  dense = loop.train_and_evaluate(
       tiny_run_config(tmp_path / "tfds", image_size=32, steps=300), str(tmp_path / "dense"))
   assert dense.eval_metrics["eval/top1"] > 0.18  # chance: 0.125
-  pretrained.main(["--workdir", str(tmp_path / "dense"), "--out", str(tmp_path / "dense.npz")])
+  export.main(["--workdir", str(tmp_path / "dense"), "--out", str(tmp_path / "dense.npz")])
   routed = {**paper_row("6-55-11"), "drop_warmup_epochs": 0.0, "optimizer.lr": 1e-3}
   results = {}
   for name, init_from in (("fine_tuned", str(tmp_path / "dense.npz")), ("scratch", "")):
     config = tiny_run_config(tmp_path / "tfds", image_size=40, steps=40, init_from=init_from,
                              **routed)
     with caplog.at_level(logging.INFO):
-      results[name] = train.train_and_evaluate(config, str(tmp_path / name))
+      results[name] = loop.train_and_evaluate(config, str(tmp_path / name))
   assert "resized the position embedding from the 4 x 4 patch grid to 5 x 5" in caplog.text
   assert "initialised the parameters from" in caplog.text
   fine_tuned, scratch = (results[n].eval_metrics["eval/top1"] for n in ("fine_tuned", "scratch"))
@@ -468,7 +471,7 @@ def test_fine_tuning_from_an_export_beats_the_same_run_from_scratch(tmp_path, ca
   config = tiny_run_config(tmp_path / "tfds", image_size=40, steps=40,
                            init_from=str(tmp_path / "dense.npz"), **routed)
   with caplog.at_level(logging.INFO):
-    again = train.train_and_evaluate(config, str(tmp_path / "fine_tuned"))
+    again = loop.train_and_evaluate(config, str(tmp_path / "fine_tuned"))
   assert again.step == 40 and "resuming, so config.init_from is not used" in caplog.text
   for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(results["fine_tuned"].params)):
     np.testing.assert_array_equal(a, b)
@@ -478,11 +481,11 @@ def test_init_from_a_missing_file_and_bad_choices_fail_before_anything_runs(tmp_
   config = tiny_run_config(tmp_path / "tfds", image_size=32, steps=2,
                            init_from=str(tmp_path / "nowhere.npz"))
   with pytest.raises(ValueError, match=r"config.init_from: no checkpoint at"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
   config = tiny_run_config(tmp_path / "tfds", image_size=32, steps=2,
                            **{"model.gelu": "relu"})
   with pytest.raises(ValueError, match=r"config.model.gelu: must be one of \('auto', 'tanh'"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists() and not (tmp_path / "tfds").exists()
 
 

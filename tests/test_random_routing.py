@@ -7,8 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from skipvit_jax import RoutingConfig, ViT, parallel, training_step
-from tests.jax_testing import trace_counter
+from skipvit_jax import RoutingConfig, ViT
+from skipvit_jax.runtime import parallel
+from skipvit_jax.train import step as step_lib
+from tests.support.jax_testing import trace_counter
 
 ROW = RoutingConfig.from_paper_row("6-55-11")
 RANDOM = RoutingConfig(ROW.drop_layers, ROW.drop_ratios, ROW.return_layer, score="random")
@@ -32,7 +34,7 @@ def _eval_keep_idx(routing: RoutingConfig) -> jax.Array:
 @jax.jit
 def _train_keep_idx(seed, step) -> jax.Array:
   """keep_idx (B, K) of the random router in training step `step` of a run seeded `seed`."""
-  rngs = training_step.step_rngs(seed, step, 0)
+  rngs = step_lib.step_rngs(seed, step, 0)
   _, aux = _model(RANDOM).apply({"params": PARAMS}, IMAGES, train=True,
                                 rngs={"dropout": rngs["dropout"], "routing": rngs["routing"]})
   return aux["routing"][0]["keep_idx"]
@@ -70,11 +72,11 @@ def test_random_subsets_are_uniform():
 def test_random_routing_trains_in_one_compiled_step_with_new_subsets_each_step():
   model = _model(RANDOM)
   optimizer = optax.adamw(1e-3)
-  state = parallel.replicate(training_step.init_state(_model(RoutingConfig()), optimizer, 0))
-  counted_step = trace_counter(training_step.train_step)
+  state = parallel.replicate(step_lib.init_state(_model(RoutingConfig()), optimizer, 0))
+  counted_step = trace_counter(step_lib.train_step)
   step = jax.pmap(lambda s, b: counted_step(
       s, b, model=model, optimizer=optimizer, learning_rate=lambda c: 1e-3,
-      regularization=training_step.Regularization(), seed=0), axis_name=parallel.AXIS)
+      regularization=step_lib.Regularization(), seed=0), axis_name=parallel.AXIS)
   batch = parallel.shard({"image": np.asarray(IMAGES), "label": np.arange(4) % 10})
   losses = []
   for _ in range(3):

@@ -10,7 +10,9 @@ import optax
 import pytest
 
 from benchmarks import remat_memory
-from skipvit_jax import ViT, evaluate, optim, parallel, training_step
+from skipvit_jax import ViT
+from skipvit_jax.runtime import parallel
+from skipvit_jax.train import evaluate, optim, step as step_lib
 from skipvit_jax.data import pipeline
 
 AXIS = parallel.AXIS
@@ -99,9 +101,9 @@ def test_eval_step_of_a_fresh_model_scores_zero():
 
 def _step_fn(model: ViT, optimizer, **kwargs):
   return jax.pmap(
-      lambda state, batch: training_step.train_step(
+      lambda state, batch: step_lib.train_step(
           state, batch, model=model, optimizer=optimizer, learning_rate=lambda step: 1e-3,
-          regularization=training_step.Regularization(), seed=0, **kwargs),
+          regularization=step_lib.Regularization(), seed=0, **kwargs),
       axis_name=AXIS)
 
 
@@ -116,7 +118,7 @@ def test_ema_equals_the_closed_form_average_of_the_trajectory():
   model = ViT(variant="Te/4", num_classes=10, image_size=32)
   optimizer = optax.adamw(1e-2, weight_decay=0.05, mask=optim.weight_decay_mask)
   decay, steps = 0.8, 6
-  state = parallel.replicate(training_step.init_state(model, optimizer, 0, ema=True))
+  state = parallel.replicate(step_lib.init_state(model, optimizer, 0, ema=True))
   step = _step_fn(model, optimizer, ema_decay=decay)
   trajectory = [parallel.unreplicate(state.params)]
   for i in range(steps):
@@ -136,7 +138,7 @@ def test_ema_equals_the_closed_form_average_of_the_trajectory():
 def test_accumulated_micro_batches_give_the_update_of_one_large_batch():
   model = ViT(variant="Te/4", num_classes=10, image_size=32)
   optimizer = optax.sgd(0.5)  # plain SGD: the update is the gradient itself, scaled
-  initial = training_step.init_state(model, optimizer, 0)
+  initial = step_lib.init_state(model, optimizer, 0)
   # A non-zero head, so every parameter gets a gradient from the first step.
   head = initial.params["head"]
   initial = initial.replace(params={**initial.params, "head": {

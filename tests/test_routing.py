@@ -1,13 +1,13 @@
-"""skipvit_jax.routing against the plain-numpy reference, and RoutingConfig validation."""
+"""skipvit_jax.models.routing against the plain-numpy reference, and RoutingConfig validation."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skipvit_jax import routing
-from skipvit_jax.routing import RoutingConfig
-from tests import reference
+from skipvit_jax.models import routing
+from skipvit_jax.models.routing import RoutingConfig
+from tests.support import reference
 
 
 def _random_tokens(seed, batch=3, num_patches=20, width=5):

@@ -12,7 +12,8 @@ import pytest
 
 from configs import skipvit_s16_imagenet
 from configs.sweeps import paper_row
-from skipvit_jax import sweep, train
+from skipvit_jax.tools.sweep import runner
+from skipvit_jax.train import loop
 from tests import test_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,14 +50,14 @@ def write_sweep(path: Path, runs: str, extra: str = "") -> Path:
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
 def test_sweep_file_loads_and_every_run_builds_a_valid_model(path):
   module_doc = path.read_text().split('"""')[1]
-  assert f"python -m skipvit_jax.sweep --sweep configs/sweeps/{path.name}" in module_doc
-  loaded = sweep.load_sweep(path, seeds=(0, 1))
+  assert f"python -m skipvit_jax.tools.sweep --sweep configs/sweeps/{path.name}" in module_doc
+  loaded = runner.load_sweep(path, seeds=(0, 1))
   assert loaded.dense is not None
   assert len(loaded.runs) == 2 * len({run.name for run in loaded.runs})
   for run in loaded.runs:
-    config = sweep.build_config(sweep.config_args(run))  # what main.py gets
+    config = runner.build_config(runner.config_args(run))  # what main.py gets
     assert config.seed == run.seed
-    model = train.build_model(config, num_classes=8 if config.data.name == "synthetic" else 1000)
+    model = loop.build_model(config, num_classes=8 if config.data.name == "synthetic" else 1000)
     if run.name == loaded.dense:
       assert not model.routing.routes and not config.toe.enabled
     test_configs.assert_every_phase_builds(config, model)
@@ -64,49 +65,49 @@ def test_sweep_file_loads_and_every_run_builds_a_valid_model(path):
 
 @pytest.mark.parametrize("row", skipvit_s16_imagenet.ROWS)
 def test_paper_row_overrides_match_the_imagenet_row_config(row):
-  run = sweep.Run("r", 0, "configs/vit_s16_imagenet.py",
+  run = runner.Run("r", 0, "configs/vit_s16_imagenet.py",
                   {**paper_row(row), "drop_warmup_epochs": 15.0})
-  overridden = sweep.build_config(sweep.config_args(run))
+  overridden = runner.build_config(runner.config_args(run))
   assert overridden.to_dict() == skipvit_s16_imagenet.get_config(f"row={row}").to_dict()
 
 
 def test_command_line_gives_one_flag_per_field_with_sweep_overrides_winning():
-  run = sweep.Run("r", 3, "configs/default.py:toe,baseline",
+  run = runner.Run("r", 3, "configs/default.py:toe,baseline",
                   {"routing.drop_layers": (4, 7), "routing.drop_ratios": (0.3, 0.3),
                    "routing.return_layer": 10, "toe.sparse_eval": True, "num_epochs": 2.0})
-  cmd = sweep.command(run, "/w", {"num_epochs": "1", "data.data_dir": "/d"})
+  cmd = runner.command(run, "/w", {"num_epochs": "1", "data.data_dir": "/d"})
   assert cmd[1:] == [
       "-m", "skipvit_jax", "--config=configs/default.py:toe,baseline", "--config.seed=3",
       "--config.routing.drop_layers=(4, 7)", "--config.routing.drop_ratios=(0.3, 0.3)",
       "--config.routing.return_layer=10", "--config.toe.sparse_eval=true",
       "--config.num_epochs=1", "--config.data.data_dir=/d", "--workdir=/w"]
-  config = sweep.build_config(cmd[2:-1])
+  config = runner.build_config(cmd[2:-1])
   assert config.seed == 3 and config.toe.enabled and config.toe.sparse_eval
   assert tuple(config.routing.drop_layers) == (4, 7) and config.num_epochs == 1.0
   with pytest.raises(ValueError, match="seeds"):
-    sweep.config_args(run, {"seed": 1})
+    runner.config_args(run, {"seed": 1})
   with pytest.raises(AttributeError):
-    sweep.build_config(sweep.config_args(run, {"routing.no_such_field": 1}))
+    runner.build_config(runner.config_args(run, {"routing.no_such_field": 1}))
 
 
 def test_sweep_file_errors_and_seeds(tmp_path):
   path = write_sweep(tmp_path / "s.py", '[{"name": "dense"}, {"name": "r", "overrides": {}}]',
                      "SEEDS = (0, 1)\n")
-  assert [r.dir_name for r in sweep.load_sweep(path).runs] == [
+  assert [r.dir_name for r in runner.load_sweep(path).runs] == [
       "dense_seed0", "r_seed0", "dense_seed1", "r_seed1"]
-  assert [r.dir_name for r in sweep.load_sweep(path, seeds=[5]).runs] == ["dense_seed5", "r_seed5"]
+  assert [r.dir_name for r in runner.load_sweep(path, seeds=[5]).runs] == ["dense_seed5", "r_seed5"]
   path = write_sweep(tmp_path / "own.py", '[{"name": "dense", "seeds": (2, 0)}, {"name": "r"}]')
-  assert [r.dir_name for r in sweep.load_sweep(path).runs] == ["dense_seed0", "r_seed0",
+  assert [r.dir_name for r in runner.load_sweep(path).runs] == ["dense_seed0", "r_seed0",
                                                                "dense_seed2"]
-  assert [r.dir_name for r in sweep.load_sweep(path, seeds=[1]).runs] == ["dense_seed1", "r_seed1"]
+  assert [r.dir_name for r in runner.load_sweep(path, seeds=[1]).runs] == ["dense_seed1", "r_seed1"]
   for runs, message in [('[{"name": "a"}, {"name": "a"}]', "repeat"),
                         ('[{"name": "a/b"}]', "file-name-safe"),
                         ('[{"name": "a", "overide": {}}]', "unknown keys"),
                         ('[{"name": "a", "overrides": {"seed": 1}}]', "SEEDS")]:
     with pytest.raises(ValueError, match=message):
-      sweep.load_sweep(write_sweep(tmp_path / "bad.py", runs))
+      runner.load_sweep(write_sweep(tmp_path / "bad.py", runs))
   with pytest.raises(ValueError, match="DENSE"):
-    sweep.load_sweep(write_sweep(tmp_path / "bad.py", '[{"name": "a"}]', 'DENSE = "b"\n'))
+    runner.load_sweep(write_sweep(tmp_path / "bad.py", '[{"name": "a"}]', 'DENSE = "b"\n'))
 
 
 def _fake_run(run_dir: Path, *, top1, rate, recall=None, status="done"):
@@ -119,22 +120,22 @@ def _fake_run(run_dir: Path, *, top1, rate, recall=None, status="done"):
              {"step": 8, "eval/top1": top1, "eval/num_examples": 50.0, **routed},
              {"step": 8, "train/steady_images_per_sec": rate}]
   (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  (run_dir / sweep.RUN_FILE).write_text(json.dumps(
+  (run_dir / runner.RUN_FILE).write_text(json.dumps(
       {"status": status, "attempts": 1, "wall_time_s": 60.0, "error": ""}))
   if status == "done":
-    (run_dir / sweep.DONE_FILE).write_text("{}")
+    (run_dir / runner.DONE_FILE).write_text("{}")
 
 
 def test_results_compare_with_the_same_seed_dense_run_and_aggregate_over_seeds(tmp_path):
   path = write_sweep(tmp_path / "s.py",
                      '[{"name": "dense"}, {"name": "r", "overrides": {"num_epochs": 2.0}}]')
-  loaded = sweep.load_sweep(path, seeds=(0, 1, 2))
+  loaded = runner.load_sweep(path, seeds=(0, 1, 2))
   _fake_run(tmp_path / "out/dense_seed0", top1=0.30, rate=100.0)
   _fake_run(tmp_path / "out/dense_seed1", top1=0.32, rate=200.0)
   _fake_run(tmp_path / "out/r_seed0", top1=0.31, rate=150.0, recall=0.7)
   _fake_run(tmp_path / "out/r_seed1", top1=0.33, rate=250.0, recall=0.8)
   _fake_run(tmp_path / "out/r_seed2", top1=0.35, rate=300.0, recall=0.9, status="running")
-  rows = sweep.write_results(loaded, tmp_path / "out")
+  rows = runner.write_results(loaded, tmp_path / "out")
   assert [(r["name"], r["seed"], r["status"]) for r in rows] == [
       ("dense", 0, "done"), ("r", 0, "done"), ("dense", 1, "done"), ("r", 1, "done"),
       ("dense", 2, "pending"), ("r", 2, "incomplete")]
@@ -149,13 +150,13 @@ def test_results_compare_with_the_same_seed_dense_run_and_aggregate_over_seeds(t
 def test_paired_difference_to_dense_with_a_t_interval(tmp_path):
   path = write_sweep(tmp_path / "s.py",
                      '[{"name": "dense"}, {"name": "r", "overrides": {"num_epochs": 2.0}}]')
-  loaded = sweep.load_sweep(path, seeds=(0, 1, 2, 3))
+  loaded = runner.load_sweep(path, seeds=(0, 1, 2, 3))
   dense, routed = [0.80, 0.84, 0.82, 0.90], [0.81, 0.86, 0.81, 0.85]  # seed 3: r unfinished
   for seed in range(4):
     _fake_run(tmp_path / f"out/dense_seed{seed}", top1=dense[seed], rate=100.0)
     _fake_run(tmp_path / f"out/r_seed{seed}", top1=routed[seed], rate=120.0, recall=0.7,
               status="done" if seed < 3 else "failed")
-  sweep.write_results(loaded, tmp_path / "out")
+  runner.write_results(loaded, tmp_path / "out")
   results = json.loads((tmp_path / "out/results.json").read_text())
   r_entry = next(a for a in results["mean_std_over_seeds"] if a["name"] == "r")
   diffs = np.array(routed[:3]) - np.array(dense[:3])  # only the seeds both finished
@@ -168,14 +169,14 @@ def test_paired_difference_to_dense_with_a_t_interval(tmp_path):
   assert "top1_vs_dense" not in results["mean_std_over_seeds"][0]  # dense itself
   markdown = (tmp_path / "out/results.md").read_text()
   assert f"{100 * diffs.mean():+.1f} ± {100 * half_width:.1f} (3)" in markdown
-  assert sweep.t_975(1) == 12.706 and sweep.t_975(12) == 2.228 and sweep.t_975(50) == 1.96
+  assert runner.t_975(1) == 12.706 and runner.t_975(12) == 2.228 and runner.t_975(50) == 1.96
 
 
 def test_run_that_outlasts_the_timeout_is_stopped_and_recorded(tmp_path):
-  run = sweep.Run("dense", 0, "configs/default.py:baseline", {})
-  state = sweep.run_one(run, tmp_path / "dense_seed0", timeout=0.5, env=RUN_ENV)
+  run = runner.Run("dense", 0, "configs/default.py:baseline", {})
+  state = runner.run_one(run, tmp_path / "dense_seed0", timeout=0.5, env=RUN_ENV)
   assert state["status"] == "failed" and state["error"].startswith("timed out after 0.5 s")
-  assert not (tmp_path / "dense_seed0" / sweep.DONE_FILE).exists()
+  assert not (tmp_path / "dense_seed0" / runner.DONE_FILE).exists()
 
 
 def test_tiny_sweep_end_to_end(tmp_path):
@@ -184,15 +185,15 @@ def test_tiny_sweep_end_to_end(tmp_path):
       {"name": "bad", "overrides": {**ROUTED, "routing.return_layer": 3}},  # before drop layer 6
       {"name": "6-55-11", "overrides": ROUTED},
   ]))
-  loaded = sweep.load_sweep(path)
+  loaded = runner.load_sweep(path)
   out = tmp_path / "out"
   overrides = tiny_overrides(tmp_path / "tfds")
   # An earlier, interrupted attempt at the routed run: no done.json, 5 s already spent.
   (out / "6-55-11_seed0").mkdir(parents=True)
-  (out / "6-55-11_seed0" / sweep.RUN_FILE).write_text(
+  (out / "6-55-11_seed0" / runner.RUN_FILE).write_text(
       json.dumps({"status": "running", "attempts": 1, "wall_time_s": 5.0}))
 
-  rows = sweep.run_sweep(loaded, out, overrides=overrides, env=RUN_ENV)
+  rows = runner.run_sweep(loaded, out, overrides=overrides, env=RUN_ENV)
   dense, bad, routed = rows
   assert [r["status"] for r in rows] == ["done", "failed", "done"]
   assert "ValueError" in bad["error"] and "return_layer" in bad["error"]
@@ -219,10 +220,10 @@ def test_tiny_sweep_end_to_end(tmp_path):
 
   def snapshot(name):
     run_dir = out / f"{name}_seed0"
-    return (run_dir / sweep.RUN_FILE).read_text(), (run_dir / "metrics.jsonl").read_text()
+    return (run_dir / runner.RUN_FILE).read_text(), (run_dir / "metrics.jsonl").read_text()
 
   finished = {name: snapshot(name) for name in ("dense", "6-55-11")}
-  again = sweep.run_sweep(loaded, out, overrides=overrides, env=RUN_ENV)
+  again = runner.run_sweep(loaded, out, overrides=overrides, env=RUN_ENV)
   assert {name: snapshot(name) for name in finished} == finished  # not rerun
   assert again[1]["status"] == "failed" and again[1]["attempts"] == 2  # retried
 
@@ -248,7 +249,7 @@ def test_results_figures_contrast_runs_over_the_seeds_both_finished():
 
 
 def test_only_runs_the_named_runs_and_tabulates_every_run(tmp_path, monkeypatch):
-  loaded = sweep.load_sweep(write_sweep(tmp_path / "three.py", repr([
+  loaded = runner.load_sweep(write_sweep(tmp_path / "three.py", repr([
       {"name": "dense"}, {"name": "6-55-11", "overrides": ROUTED},
       {"name": "6-45-11", "overrides": {**ROUTED, "routing.drop_ratios": (0.45,)}},
   ]), "SEEDS = (0, 1)\n"))
@@ -257,13 +258,13 @@ def test_only_runs_the_named_runs_and_tabulates_every_run(tmp_path, monkeypatch)
   def fake_run_one(run, run_dir, **kwargs):
     trained.append(run.dir_name)
     Path(run_dir).mkdir(parents=True)
-    (Path(run_dir) / sweep.DONE_FILE).write_text(json.dumps({"config_args": []}))
+    (Path(run_dir) / runner.DONE_FILE).write_text(json.dumps({"config_args": []}))
     return {"status": "done", "wall_time_s": 0.0, "error": ""}
 
   monkeypatch.setattr(sweep, "run_one", fake_run_one)
-  rows = sweep.run_sweep(loaded, tmp_path / "out", only=["6-55-11", "dense"])
+  rows = runner.run_sweep(loaded, tmp_path / "out", only=["6-55-11", "dense"])
   assert trained == ["dense_seed0", "6-55-11_seed0", "dense_seed1", "6-55-11_seed1"]
   assert [(r["name"], r["status"]) for r in rows if r["seed"] == 0] == [
       ("dense", "done"), ("6-55-11", "done"), ("6-45-11", "pending")]
   with pytest.raises(ValueError, match=r"--only: no run named \['6-50-11'\]"):
-    sweep.run_sweep(loaded, tmp_path / "out", only=["6-50-11"])
+    runner.run_sweep(loaded, tmp_path / "out", only=["6-50-11"])

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skipvit_jax import evaluate
+from skipvit_jax.train import evaluate
 from skipvit_jax.data import synthetic
 
 # Tiny splits keep each TFDS preparation under a second.

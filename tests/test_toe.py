@@ -1,15 +1,15 @@
-"""skipvit_jax.toe: plan counts of the released configs (float quirks included), and
-expand_tokens against the plain-numpy float64 reference in tests/toe_reference.py."""
+"""skipvit_jax.models.toe: plan counts of the released configs (float quirks included), and
+expand_tokens against the plain-numpy float64 reference in tests/support/toe_reference.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skipvit_jax import toe
-from skipvit_jax.toe import ToEPlan
-from tests import toe_reference
-from tests.jax_testing import trace_counter
+from skipvit_jax.models import toe
+from skipvit_jax.models.toe import ToEPlan
+from tests.support import toe_reference
+from tests.support.jax_testing import trace_counter
 
 HIGHEST = jax.lax.Precision.HIGHEST
 # The released schedules (docs/method.md §3.2).

@@ -4,9 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from skipvit_jax import RoutingConfig, ViT, evaluate, flops, toe, train, training_step
+from skipvit_jax import RoutingConfig, ViT
+from skipvit_jax.models import flops, toe
+from skipvit_jax.train import evaluate, loop, step as step_lib
 from tests import test_train
-from tests.jax_testing import count_traces
+from tests.support.jax_testing import count_traces
 
 TINY = dict(variant="Te/4", image_size=32, num_classes=10)  # 64 patches
 STAGE1 = toe.make_plan(64, expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0),
@@ -84,15 +86,15 @@ def test_training_crosses_every_toe_stage_and_resumes_into_stage_two(tmp_path, m
   eval_steps = count_traces(monkeypatch, evaluate, "eval_step")
   traced = lambda: [(1 + c["model"].toe.num_selected if c["model"].toe else None,
                      c["model"].routing.routes) for c in train_steps.calls]
-  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
   # Stage 1 during the drop warm-up, stage 2 routed, stage 3 (ToE off) routed: one compile each.
   assert traced() == [(33, False), (49, True), (None, True)]
   assert len(eval_steps.calls) == 2  # and the two evaluations at the end
 
   stopped = test_train.tiny_config(data_dir, **overrides, stop_after_step=6)  # inside stage 2
-  train.train_and_evaluate(stopped, str(tmp_path / "resumed"))
+  loop.train_and_evaluate(stopped, str(tmp_path / "resumed"))
   train_steps.calls.clear()
-  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert traced() == [(49, True), (None, True)]  # resumed straight into stage 2
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from configs import default
-from skipvit_jax import distributed, evaluate, inspect_run, train, training_step
-from skipvit_jax.checkpointing import Checkpoints
+from skipvit_jax.runtime import distributed
+from skipvit_jax.tools import inspect_run
+from skipvit_jax.train import evaluate, loop, step as step_lib
+from skipvit_jax.train.checkpointing import Checkpoints
 from skipvit_jax.data import pipeline
-from tests.jax_testing import count_compilations, count_traces
+from tests.support.jax_testing import count_compilations, count_traces
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST = 128, 50  # 50 is not a multiple of the eval batch
@@ -104,12 +106,12 @@ def test_cpu_devices_cannot_change_once_jax_has_started(caplog):
 
 def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
   config = tiny_config(data_dir, eval_every_epochs=10.0)
-  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
   interrupted = tiny_config(data_dir, eval_every_epochs=10.0, stop_after_step=3)
-  assert train.train_and_evaluate(interrupted, str(tmp_path / "resumed")).step == 3
+  assert loop.train_and_evaluate(interrupted, str(tmp_path / "resumed")).step == 3
   assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 3
   assert not any("train/finished" in r for r in _records(tmp_path / "resumed"))
-  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))  # picks up at step 3
+  resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))  # picks up at step 3
   assert straight.step == resumed.step == 8
   assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 8
   assert _records(tmp_path / "resumed")[-1]["train/finished"] == 1
@@ -126,10 +128,10 @@ def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
             "data.random_translate": 2, "data.repeated_augmentations": 3, "ema_decay": 0.9, "grad_accum_steps": 2,
             "batch_size": 24, "num_epochs": 1.2, "eval_every_epochs": 1.0,
             "drop_warmup_epochs": 0.0}  # 5 steps per epoch of 24 = 8 images x 3; 6 steps
-  straight = train.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "a"))
+  straight = loop.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "a"))
   interrupted = tiny_config(data_dir, stop_after_step=4, **recipe)
-  assert train.train_and_evaluate(interrupted, str(tmp_path / "b")).step == 4
-  resumed = train.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "b"))
+  assert loop.train_and_evaluate(interrupted, str(tmp_path / "b")).step == 4
+  resumed = loop.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "b"))
   assert straight.step == resumed.step == 6
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
@@ -155,7 +157,7 @@ def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
 def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, monkeypatch):
   train_steps = count_traces(monkeypatch, training_step, "train_step")
   eval_steps = count_traces(monkeypatch, evaluate, "eval_step")
-  train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
+  loop.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
   # Two train steps (warm-up, then routed) and two eval steps (routed and all tokens), over 8
   # steps and two evaluations.
   assert [c["model"].routing.routes for c in train_steps.calls] == [False, True]
@@ -164,8 +166,8 @@ def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, m
 
 def test_nonfinite_loss_stops_naming_the_step(data_dir, tmp_path):
   config = tiny_config(data_dir, **{"optimizer.lr": 1e30, "optimizer.warmup_epochs": 0.0})
-  with pytest.raises(train.NonFiniteError, match=r"step \d+: loss or gradient is not finite"):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(loop.NonFiniteError, match=r"step \d+: loss or gradient is not finite"):
+    loop.train_and_evaluate(config, str(tmp_path))
 
 
 def test_eval_batches_cover_the_split_exactly_once_across_hosts(data_dir):
@@ -221,5 +223,5 @@ def test_bad_config_fails_before_compiling(data_dir, tmp_path, overrides, field)
   assert jax.device_count() == 2  # conftest's fake devices: 33 and 15 do not divide
   with count_compilations() as compiles:
     with pytest.raises(ValueError, match=field):
-      train.train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path))
+      loop.train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path))
   assert compiles[0] == 0

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from configs import default
-from skipvit_jax import attention, routing, toe, validation
-from skipvit_jax.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
+from skipvit_jax.models import attention, routing, toe
+from skipvit_jax.train import validation
+from skipvit_jax.models.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
 
 FIELD = re.compile(r"\bconfig\.[a-z_]+|RoutingConfig\.[a-z_]+|\b(keep_rates|init_rate|"
                    r"expansion_epochs|substeps|num_patches|epoch):")

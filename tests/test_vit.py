@@ -9,8 +9,8 @@ import optax
 import pytest
 
 from skipvit_jax import ViT, RoutingConfig
-from tests import reference
-from tests.jax_testing import count_compilations
+from tests.support import reference
+from tests.support.jax_testing import count_compilations
 
 TINY = dict(variant="Te/4", image_size=32, num_classes=10)  # 64 patches, depth 12
 SKIP = RoutingConfig((6,), (0.55,), 11)  # 64 -> 29 kept patches, back before layer 11
@@ -332,7 +332,7 @@ def reference_token_positions(aux, routing: RoutingConfig, num_patches: int, bat
 def test_token_positions_in_aux_match_a_numpy_replay(routing, toe_stage):
   plan = None
   if toe_stage:
-    from skipvit_jax import toe  # pylint: disable=g-import-not-at-top
+    from skipvit_jax.models import toe  # pylint: disable=g-import-not-at-top
     plan = toe.make_plan(64, expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0),
                          init_rate=0.25, substeps=2, epoch=0)
   model = ViT(**TINY, routing=routing, toe=plan)

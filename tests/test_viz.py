@@ -1,5 +1,5 @@
-"""skipvit_jax.viz (maps, sweeps, plots): attention maps on the patch grid, kept-patch overlays, ToE seeds / order /
-merge groups (toe.merge_assignment against tests/toe_reference.py), sweep records and the
+"""skipvit_jax.tools.viz (maps, sweeps, plots): attention maps on the patch grid, kept-patch overlays, ToE seeds / order /
+merge groups (toe.merge_assignment against tests/support/toe_reference.py), sweep records and the
 Pareto front."""
 
 import json
@@ -8,10 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from skipvit_jax import RoutingConfig, ViT, sweep, toe
-from skipvit_jax.viz import maps as patch_maps
-from skipvit_jax.viz import plots, sweeps
-from tests import toe_reference
+from skipvit_jax import RoutingConfig, ViT
+from skipvit_jax.models import toe
+from skipvit_jax.tools.sweep import runner
+from skipvit_jax.tools.viz import maps as patch_maps
+from skipvit_jax.tools.viz import plots, sweeps
+from tests.support import toe_reference
 
 HIGHEST = jax.lax.Precision.HIGHEST
 TINY = dict(variant="Te/4", image_size=32, num_classes=8)  # 64 patches of 4x4 pixels
@@ -231,7 +233,7 @@ def test_pareto_front_of_a_hand_made_set():
 
 
 def _row(name, status="done", overrides=None, **metrics):
-  """A results.json row as skipvit_jax/sweep.py writes it (the fields viz reads)."""
+  """A results.json row as skipvit_jax/tools/sweep/runner.py writes it (the fields viz reads)."""
   return {"name": name, "seed": 0, "base": "configs/default.py:baseline",
           "overrides": overrides or {},
           "status": status, "top1": None, "speedup_measured": None, **metrics}
@@ -267,9 +269,9 @@ def test_sweep_rows_load_filter_and_give_overrides_as_values(tmp_path):
 def test_sweep_results_written_by_the_sweep_runner_load_back(tmp_path):
   overrides = {"routing.drop_layers": (4, 7), "routing.drop_ratios": (0.3, 0.3),
                "routing.return_layer": 10, "routing.mode": "skip", "toe.enabled": False}
-  runs = [sweep.Run("dense", 0, "configs/default.py:baseline", {}),
-          sweep.Run("4.7-30.30-10", 0, "configs/default.py:baseline", overrides)]
-  sweep.write_results(sweep.Sweep("s.py", runs, "dense"), tmp_path)  # never run: "pending"
+  runs = [runner.Run("dense", 0, "configs/default.py:baseline", {}),
+          runner.Run("4.7-30.30-10", 0, "configs/default.py:baseline", overrides)]
+  runner.write_results(runner.Sweep("s.py", runs, "dense"), tmp_path)  # never run: "pending"
   loaded = sweeps.load_sweep_results(str(tmp_path))
   assert [(r["name"], r["status"], r["overrides"]) for r in loaded] == [
       ("dense", "pending", {}), ("4.7-30.30-10", "pending", overrides)]

@@ -1,4 +1,4 @@
-"""Sweep definitions, run with `python -m skipvit_jax.sweep` (format: skipvit_jax/sweep.py).
+"""Sweep definitions, run with `python -m skipvit_jax.tools.sweep` (format: skipvit_jax/tools/sweep/runner.py).
 
 Also the SkipViT paper's row names as config overrides, shared by the sweep files.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.models.routing import RoutingConfig
 
 
 def paper_row(row: str) -> dict[str, Any]:

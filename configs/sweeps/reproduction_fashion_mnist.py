@@ -1,7 +1,7 @@
 """The reproduction on real images: the papers' claims on Fashion-MNIST, on a CPU.
 
   apt-get install dataset-fashion-mnist
-  python -m skipvit_jax.sweep --sweep configs/sweeps/reproduction_fashion_mnist.py \
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/reproduction_fashion_mnist.py \
       --sweep_dir /tmp/sweeps/reproduction_fashion_mnist
 
 configs/fashion_mnist.py (a 12-layer ViT on 49 patches of the 28 px images): dense; the

@@ -1,6 +1,6 @@
 """The reproduction on the synthetic default: the papers' claims at a CPU's scale.
 
-  python -m skipvit_jax.sweep --sweep configs/sweeps/reproduction_synthetic.py \
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/reproduction_synthetic.py \
       --sweep_dir /tmp/sweeps/reproduction_synthetic
 
 configs/default.py:baseline (the default's 12-layer ViT and recipe, dense): dense; the

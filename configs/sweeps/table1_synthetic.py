@@ -1,7 +1,7 @@
 """The SkipViT paper's Table 1 rows on the synthetic default (configs/default.py), on a CPU.
 
-  python -m skipvit_jax.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1
-  python -m skipvit_jax.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1 \
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1 \
       --seeds 0,1,2  # every run over three seeds; the seed-0 runs above are reused
 
 The dense baseline, the fused-token row and the seven skip rows, each the 3.5-epoch tiny ViT of

@@ -1,6 +1,6 @@
 """The SkipViT paper's Table 3 ablation on the synthetic default: drop warm-up or none.
 
-  python -m skipvit_jax.sweep --sweep configs/sweeps/warmup_synthetic.py \
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/warmup_synthetic.py \
       --sweep_dir /tmp/sweeps/warmup
 
 Rows 4.7-30.30-10 and 6-55-11, each routed from step 0 (drop_warmup_epochs 0) and after one

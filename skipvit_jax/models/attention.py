@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from kernels import gather_attention as gather_attention_kernel
-from skipvit_jax import routing
+from skipvit_jax.models import routing
 
 IMPLEMENTATIONS = ("auto", "xla", "dot_product_attention", "cudnn", "pallas", "pallas_interpret")
 

@@ -22,11 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Protocol
 
+from skipvit_jax.models.routing import RoutingConfig
+from skipvit_jax.models.toe import ToEPlan
 from skipvit_jax.models.variants import conv_stem_channels, decode_variant
-from skipvit_jax.routing import RoutingConfig
-from skipvit_jax.schedule import Phase
-from skipvit_jax.toe import ToEPlan
+
+
+class StepRange(Protocol):
+  """Steps [start_step, end_step) trained with one token layout (a training phase)."""
+  start_step: int
+  end_step: int
+  routing: RoutingConfig
+  toe: ToEPlan | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +114,7 @@ def ideal_speedup(
 
 
 def schedule_speedup(
-    variant: str, *, image_size: int, num_classes: int, phases: Sequence[Phase],
+    variant: str, *, image_size: int, num_classes: int, phases: Sequence[StepRange],
     stem: str = "patch",
 ) -> float:
   """Whole-run ideal speedup: dense MACs of every step / the MACs of each step's phase."""

@@ -38,14 +38,12 @@ Fitting the checkpoint to the model:
     checkpoint is split into the model's heads.)
 
 `save(params, path, format)` writes a model's parameters as a vision_transformer or big_vision
-`.npz`. A SkipViT or ToE model is an ordinary ViT at test time, so its export is one too.
-
-  python -m skipvit_jax.pretrained --workdir /tmp/dense --out /tmp/dense.npz
+`.npz`. A SkipViT or ToE model is an ordinary ViT at test time, so its export is one too
+(`python -m skipvit_jax.tools.export` does it for a training workdir).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -59,7 +57,7 @@ import numpy as np
 from absl import logging
 
 from skipvit_jax.models.vit import ViT
-from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.models.routing import RoutingConfig
 
 FORMATS = ("vision_transformer", "big_vision", "timm", "orbax")
 EXPORT_FORMATS = ("vision_transformer", "big_vision")
@@ -163,6 +161,16 @@ def _read_orbax(path: Path) -> Flat:
                      "a workdir, its checkpoints/ directory or a step directory)")
   tree = ocp.StandardCheckpointer().restore(item.resolve())
   return _flatten(tree["params"])
+
+
+def workdir_params(path: str | Path) -> dict:
+  """The latest parameters of a training workdir (or its checkpoints/ or a step directory)."""
+  return _unflatten(_read_orbax(Path(path)))
+
+
+def num_arrays(params: Any) -> int:
+  """How many arrays a parameter tree holds."""
+  return len(_flatten(params))
 
 
 def _flatten(tree: Any) -> Flat:
@@ -452,24 +460,3 @@ def save(params: Any, path: str | Path, format: str = "vision_transformer") -> P
   path.parent.mkdir(parents=True, exist_ok=True)
   np.savez(path, **flat)
   return path
-
-
-def _parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m skipvit_jax.pretrained",
-      description="Exports a training workdir's latest parameters as a .npz other tools read.")
-  parser.add_argument("--workdir", required=True, help="a skipvit_jax workdir or checkpoint dir")
-  parser.add_argument("--out", required=True, help="the .npz to write")
-  parser.add_argument("--format", default="vision_transformer", choices=EXPORT_FORMATS)
-  return parser.parse_args(argv)
-
-
-def main(argv=None) -> None:
-  args = _parse_args(argv)
-  params = _unflatten(_read_orbax(Path(args.workdir)))
-  path = save(params, args.out, args.format)
-  print(f"wrote {path} ({args.format}, {len(_flatten(params))} arrays)")
-
-
-if __name__ == "__main__":
-  main()

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skipvit_jax.routing import take_tokens
+from skipvit_jax.models.routing import take_tokens
 
 
 @dataclasses.dataclass(frozen=True)

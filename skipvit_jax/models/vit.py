@@ -24,10 +24,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from skipvit_jax import attention, routing
-from skipvit_jax import toe as toe_lib
+from skipvit_jax.models import attention, routing
+from skipvit_jax.models import toe as toe_lib
 from skipvit_jax.models.variants import ViTDims, conv_stem_channels, decode_variant
-from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.models.routing import RoutingConfig
 
 Array = jax.Array
 
@@ -319,9 +319,9 @@ class ViT(nn.Module):
     dropout_rate: dropout after the embedding, attention and MLP layers.
     stochastic_depth: drop-path rate of the last block (linearly from 0 at the first).
     routing: which layers drop tokens and how (default: none).
-    toe: a ToE plan (skipvit_jax/toe.py) reducing the tokens after layer 1, or None. Drop
+    toe: a ToE plan (skipvit_jax/models/toe.py) reducing the tokens after layer 1, or None. Drop
       layers then rank and restore within ToE's reduced sequence.
-    attention: attention implementation name (see skipvit_jax.attention; "auto" picks per
+    attention: attention implementation name (see skipvit_jax.models.attention; "auto" picks per
       backend).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32, logits float32.
     remat: recompute each block's activations in the backward pass instead of storing them

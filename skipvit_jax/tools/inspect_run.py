@@ -1,7 +1,7 @@
 """A trained run, loaded for inspection (the notebooks): its config, model, parameters, a few
 evaluation images, and the model's intermediate decisions on them.
 
-A workdir written by `train.train_and_evaluate` holds config.json and orbax checkpoints of the
+A workdir written by `loop.train_and_evaluate` holds config.json and orbax checkpoints of the
 whole train state; the checkpoint is restored into a template built the way the trainer builds
 its state, then only the parameters are kept.
 """
@@ -18,11 +18,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from skipvit_jax import checkpointing, optim, train
-from skipvit_jax import toe as toe_lib
+from skipvit_jax.train import checkpointing, loop, optim
+from skipvit_jax.models import toe as toe_lib
 from skipvit_jax.data import pipeline
 from skipvit_jax.models.vit import ViT
-from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.models.routing import RoutingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ def load_run(workdir: str, *, num_classes: int | None = None) -> Run:
   """The latest checkpoint of a training workdir.
 
   Args:
-    workdir: a directory `train.train_and_evaluate` wrote (config.json, checkpoints/).
+    workdir: a directory `loop.train_and_evaluate` wrote (config.json, checkpoints/).
     num_classes: the classifier's size; None opens the run's dataset to read it.
 
   Returns:
@@ -53,10 +53,10 @@ def load_run(workdir: str, *, num_classes: int | None = None) -> Run:
   config = load_config(workdir)
   if num_classes is None:
     num_classes = pipeline.load_sources(config.data).info.num_classes
-  model = train.build_model(config, num_classes)
+  model = loop.build_model(config, num_classes)
   # The optimizer only shapes the restore template; its schedule's values do not matter.
   optimizer = optim.make_optimizer(config.optimizer, optax.constant_schedule(config.optimizer.lr))
-  template = jax.device_get(train.initial_state(config, model, optimizer))
+  template = jax.device_get(loop.initial_state(config, model, optimizer))
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   state = checkpoints.restore_latest(template)
   checkpoints.close()

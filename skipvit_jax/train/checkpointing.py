@@ -1,7 +1,7 @@
 """Orbax checkpoints of the train state in `workdir/checkpoints`, keeping the latest k.
 
 A checkpoint holds the step, parameters, optimizer state (and the parameter EMA when kept). The
-RNG and the data position are functions of (seed, step) (see train.py), so the step restores
+RNG and the data position are functions of (seed, step) (see loop.py), so the step restores
 them too. Writes are asynchronous and atomic (orbax writes a temporary directory and renames it
 when complete), so a process killed mid-write leaves the previous checkpoints intact.
 

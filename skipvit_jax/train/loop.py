@@ -1,9 +1,9 @@
 """The trainer: `train_and_evaluate(config, workdir)`.
 
 Data parallel with `jax.pmap` over the local devices (gradients averaged with `pmean` over
-every device of every host). Each training phase (see schedule.py) is one compiled step,
+every device of every host). Each training phase (see phases.py) is one compiled step,
 compiled when the phase is first reached. The RNG of step s is `fold_in(key(seed), s)`
-(training_step.py) and the data order is a function of (seed, step) (data/pipeline.py), so
+(step.py) and the data order is a function of (seed, step) (data/pipeline.py), so
 restoring the step from a checkpoint restores the RNG and the data position with it.
 
 Nothing is lost but the steps since the last checkpoint: SIGTERM checkpoints the last completed
@@ -27,15 +27,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from skipvit_jax import (checkpointing, distributed, evaluate, flops, optim, parallel,
-                         pretrained, schedule, stopping, training_step, validation)
+from skipvit_jax.models import flops, pretrained
+from skipvit_jax.runtime import distributed, parallel
+from skipvit_jax.train import checkpointing, evaluate, optim, phases as phases_lib, step as step_lib, stopping, validation
 from skipvit_jax.data import pipeline
-from skipvit_jax.metric_writer import MetricWriter
+from skipvit_jax.train.metrics import MetricWriter
 from skipvit_jax.models.vit import ViT
-from skipvit_jax.routing import RoutingConfig
-from skipvit_jax.throughput import ThroughputMeter, format_duration
+from skipvit_jax.models.routing import RoutingConfig
+from skipvit_jax.train.throughput import ThroughputMeter, format_duration
 # The config -> model and schedule builders, here where the trainer's users look for them.
-from skipvit_jax.validation import (build_model, routing_config, toe_schedule,  # pylint: disable=unused-import
+from skipvit_jax.train.validation import (build_model, routing_config, toe_schedule,  # pylint: disable=unused-import
                                     total_train_steps)
 
 AXIS = parallel.AXIS
@@ -50,9 +51,9 @@ class NonFiniteError(FloatingPointError):
 
 
 def training_phases(config: ml_collections.ConfigDict, model: ViT, steps_per_epoch: int,
-                    total_steps: int) -> tuple[schedule.Phase, ...]:
+                    total_steps: int) -> tuple[phases_lib.Phase, ...]:
   """The run's training phases (drop warm-up, routing, ToE stages), each one compiled step."""
-  return schedule.make_phases(
+  return phases_lib.make_phases(
       routing=model.routing, total_steps=total_steps,
       drop_warmup_steps=int(round(config.drop_warmup_epochs * steps_per_epoch)),
       toe=toe_schedule(config, model.num_patches), steps_per_epoch=steps_per_epoch,
@@ -74,25 +75,25 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, tota
 def per_device_train_step(config: ml_collections.ConfigDict, model: ViT,
                           optimizer: optax.GradientTransformation,
                           learning_rate: optax.Schedule) -> Callable:
-  """`training_step.train_step` bound to one phase's model: what the trainer pmaps over the
+  """`step_lib.train_step` bound to one phase's model: what the trainer pmaps over the
   axis `AXIS` (and what tests/test_cuda_lowering.py lowers for GPUs)."""
-  regularization = training_step.Regularization(
+  regularization = step_lib.Regularization(
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
       cutmix_alpha=config.cutmix_alpha, mix_switch_prob=config.mix_switch_prob,
   )
   return functools.partial(
-      training_step.train_step, model=model, optimizer=optimizer, learning_rate=learning_rate,
+      step_lib.train_step, model=model, optimizer=optimizer, learning_rate=learning_rate,
       regularization=regularization, seed=config.seed,
       grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
   )
 
 
 def initial_state(config: ml_collections.ConfigDict, model: ViT,
-                  optimizer: optax.GradientTransformation) -> training_step.TrainState:
+                  optimizer: optax.GradientTransformation) -> step_lib.TrainState:
   """The run's fresh state: parameters from key(config.seed) (they do not depend on routing or
   ToE), the optimizer's state, and the EMA when config.ema_decay > 0. Also the template a
   checkpoint of the run restores into."""
-  return training_step.init_state(model.clone(routing=RoutingConfig(), toe=None), optimizer,
+  return step_lib.init_state(model.clone(routing=RoutingConfig(), toe=None), optimizer,
                                   config.seed, ema=config.ema_decay > 0)
 
 
@@ -102,7 +103,7 @@ class RunPlan:
   model: ViT  # with the config's routing, without ToE (what evaluation runs)
   steps_per_epoch: int
   total_steps: int
-  phases: tuple[schedule.Phase, ...]
+  phases: tuple[phases_lib.Phase, ...]
   optimizer: optax.GradientTransformation
   learning_rate: optax.Schedule
 
@@ -116,7 +117,7 @@ class RunPlan:
 
   @property
   def flop_args(self) -> dict:
-    """The model's arguments to the skipvit_jax.flops functions, besides its variant."""
+    """The model's arguments to the skipvit_jax.models.flops functions, besides its variant."""
     return dict(image_size=self.model.image_size, num_classes=self.model.num_classes,
                 stem=self.model.stem)
 
@@ -173,7 +174,7 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
 
 def restore_or_initialise(config: ml_collections.ConfigDict, plan: RunPlan,
                           checkpoints: checkpointing.Checkpoints,
-                          workdir: str) -> training_step.TrainState:
+                          workdir: str) -> step_lib.TrainState:
   """The latest restorable checkpoint (its config must match, see RESUME_FIELDS), else the
   parameters of config.init_from, else fresh ones."""
   state = initial_state(config, plan.model, plan.optimizer)
@@ -212,7 +213,7 @@ class PhaseSteps:
     self._config, self._plan = config, plan
     self._steps: dict[tuple, Any] = {}
 
-  def __call__(self, phase: schedule.Phase) -> tuple[Callable, bool]:
+  def __call__(self, phase: phases_lib.Phase) -> tuple[Callable, bool]:
     """(the phase's step, whether this call created it: its first run compiles)."""
     if phase.key in self._steps:
       return self._steps[phase.key], False
@@ -361,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       eval_missing = not evaluate_now(plan.phases[-1].toe)
     try:
       while step < plan.total_steps:
-        phase = schedule.phase_at(plan.phases, step)
+        phase = phases_lib.phase_at(plan.phases, step)
         step_fn, compiles = steps(phase)
         state, metrics = step_fn(state, parallel.shard(next(batches)), applied)
         applied, step = metrics["finite"], step + 1

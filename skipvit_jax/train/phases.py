@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from skipvit_jax import toe as toe_lib
-from skipvit_jax.routing import RoutingConfig
+from skipvit_jax.models import toe as toe_lib
+from skipvit_jax.models.routing import RoutingConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class ToESchedule:
-  """ToE's stage schedule (see skipvit_jax/toe.py); epochs are 0-based."""
+  """ToE's stage schedule (see skipvit_jax/models/toe.py); epochs are 0-based."""
 
   expansion_epochs: tuple[float, ...]  # epoch at which each stage starts (may be fractional)
   keep_rates: tuple[float, ...]  # kept fraction of patch tokens per stage

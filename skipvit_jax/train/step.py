@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from skipvit_jax import augment, parallel
+from skipvit_jax.runtime import parallel
+from skipvit_jax.train import augment
 from skipvit_jax.models.vit import ViT
 
 AXIS = parallel.AXIS

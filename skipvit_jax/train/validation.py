@@ -20,11 +20,12 @@ from typing import Any
 import jax
 import ml_collections
 
-from skipvit_jax import attention, pretrained, schedule
+from skipvit_jax.models import attention, pretrained
+from skipvit_jax.train import phases as phases_lib
 from skipvit_jax.data import fashion_mnist, pipeline, randaugment
 from skipvit_jax.models.variants import conv_stem_channels, decode_variant
 from skipvit_jax.models.vit import DTYPES, GELUS, STEMS, ViT
-from skipvit_jax.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
+from skipvit_jax.models.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
 
 _SYNTHETIC_SIZES = (32, 224)  # skipvit_jax.data.synthetic.IMAGE_SIZE_RANGE
 
@@ -97,7 +98,7 @@ def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
   )
 
 
-def toe_schedule(config: ml_collections.ConfigDict, num_patches: int) -> schedule.ToESchedule | None:
+def toe_schedule(config: ml_collections.ConfigDict, num_patches: int) -> phases_lib.ToESchedule | None:
   """The configured ToE schedule, checked against the model's patch count; None when off."""
   _flag(config, "toe.enabled")
   _flag(config, "toe.sparse_eval")
@@ -110,7 +111,7 @@ def toe_schedule(config: ml_collections.ConfigDict, num_patches: int) -> schedul
   _tuple(config, "toe.keep_rates", integer=False)
   _number(config, "toe.init_rate", low=0, high=1, low_open=True)
   _number(config, "toe.substeps", low=1, integer=True)
-  toe = schedule.ToESchedule(expansion_epochs=epochs, keep_rates=tuple(t.keep_rates),
+  toe = phases_lib.ToESchedule(expansion_epochs=epochs, keep_rates=tuple(t.keep_rates),
                              init_rate=t.init_rate, substeps=int(t.substeps))
   try:
     toe.plan(num_patches, epoch=0)
@@ -300,7 +301,7 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
 
 
 def check_run_length(config: ml_collections.ConfigDict, model: ViT, num_train: int
-                     ) -> tuple[int, int, tuple[schedule.Phase, ...]]:
+                     ) -> tuple[int, int, tuple[phases_lib.Phase, ...]]:
   """(steps per epoch, total steps, phases) of the run; the drop warm-up and ToE must fit it:
   a routed config that would never route, or a ToE config that would never reduce, is an
   error."""
@@ -320,7 +321,7 @@ def check_run_length(config: ml_collections.ConfigDict, model: ViT, num_train: i
   if toe is not None and model.routing.routes and model.routing.drop_layers[0] < 2:
     raise ValueError(f"RoutingConfig.drop_layers: with ToE (after layer 1) drop layers must be "
                      f"2 or later, got {model.routing.drop_layers} (config.routing.drop_layers)")
-  phases = schedule.make_phases(
+  phases = phases_lib.make_phases(
       routing=model.routing, total_steps=total, drop_warmup_steps=warmup_steps, toe=toe,
       steps_per_epoch=steps_per_epoch, num_patches=model.num_patches)
   if toe is not None and all(phase.toe is None for phase in phases):

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 
-from skipvit_jax import attention, parallel
+from skipvit_jax.models import attention
+from skipvit_jax.runtime import parallel
 
 CUDNN_FORWARD = "__cudnn$fmhaSoftmax"
 CUDNN_BACKWARD = "__cudnn$fmhaSoftmaxBackward"

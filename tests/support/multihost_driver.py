@@ -1,17 +1,17 @@
 """One process of the two-process test (tests/test_multihost.py): trains the tiny config and
-saves this process's final parameters. Run as `python -m tests.multihost_driver DATA OUT`."""
+saves this process's final parameters. Run as `python -m tests.support.multihost_driver DATA OUT`."""
 
 import sys
 
 import numpy as np
 
-from skipvit_jax import train
+from skipvit_jax.train import loop
 from tests import test_train
 
 
 def main(data_dir: str, out_dir: str) -> None:
   config = test_train.tiny_config(data_dir)
-  result = train.train_and_evaluate(config, f"{out_dir}/workdir")
+  result = loop.train_and_evaluate(config, f"{out_dir}/workdir")
   import jax  # pylint: disable=g-import-not-at-top  (after train initialised the runtime)
 
   leaves = {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(result.params))}

@@ -1,5 +1,5 @@
 """Plain-numpy (float64) implementation of the ToE spec (docs/method.md §3), written
-independently of skipvit_jax.toe: Python lists, loops and sorting, with the similarities
+independently of skipvit_jax.models.toe: Python lists, loops and sorting, with the similarities
 recomputed from scratch in every expansion sub-step as the spec describes."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Sweeps: train a list of config overrides over a base config, one workdir per run, and
 tabulate accuracy against speed.
 
-  python -m skipvit_jax.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1
-  python -m skipvit_jax.sweep --sweep configs/sweeps/table1_imagenet.py --sweep_dir $DIR \
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_imagenet.py --sweep_dir $DIR \
       --override data.data_dir=$TFDS_DATA_DIR --seeds 0,1,2 --timeout 172800
-  python -m skipvit_jax.sweep --sweep configs/sweeps/reproduction_fashion_mnist.py \
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/reproduction_fashion_mnist.py \
       --sweep_dir docs/reproduction/fashion_mnist --only dense,6-55-11   # these runs first
 
 A sweep file (configs/sweeps/*.py) is a Python module:
@@ -73,8 +73,8 @@ from absl.flags import argparse_flags
 from ml_collections import config_flags
 
 import configs
-from skipvit_jax import stopping
-from skipvit_jax.throughput import format_duration
+from skipvit_jax.train import stopping
+from skipvit_jax.train.throughput import format_duration
 
 # Base configs are named relative to the directory holding the `configs` package: the
 # repository root in a checkout, site-packages in an installed wheel. Runs start there.
@@ -570,9 +570,9 @@ def write_results(sweep: Sweep, sweep_dir: str | os.PathLike,
 # Command line.
 
 
-def _parse_flags(argv: list[str]) -> argparse.Namespace:
+def parse_flags(argv: list[str]) -> argparse.Namespace:
   # absl's argparse parser also takes absl's own flags (--verbosity, ...).
-  parser = argparse_flags.ArgumentParser(prog="python -m skipvit_jax.sweep",
+  parser = argparse_flags.ArgumentParser(prog="python -m skipvit_jax.tools.sweep",
                                          description=__doc__.split("\n\n")[0])
   parser.add_argument("--sweep", required=True,
                       help="sweep file, e.g. configs/sweeps/table1_synthetic.py")
@@ -620,6 +620,3 @@ def main(args: argparse.Namespace) -> None:
     sys.exit(130)
   print((Path(args.sweep_dir) / "results.md").read_text(encoding="utf-8"))
 
-
-if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from skipvit_jax.toe import ToEPlan
+from skipvit_jax.models.toe import ToEPlan
 
 # A patch's fate at one drop layer (`patch_fates`).
 ABSENT, DROPPED, KEPT = 0, 1, 2

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from skipvit_jax.viz import maps as patch_maps  # `maps` names the map arrays here
-from skipvit_jax.viz import sweeps
+from skipvit_jax.tools.viz import maps as patch_maps  # `maps` names the map arrays here
+from skipvit_jax.tools.viz import sweeps
 
 
 def _pyplot():

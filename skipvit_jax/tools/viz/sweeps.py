@@ -1,4 +1,4 @@
-"""A sweep's results (SWEEP_DIR/results.json, which skipvit_jax/sweep.py writes) as rows and
+"""A sweep's results (SWEEP_DIR/results.json, which skipvit_jax/tools/sweep/runner.py writes) as rows and
 tables: finished runs, the value a run gave a config field, the accuracy-speed Pareto front, and
 a run's evaluation history from its metrics.jsonl."""
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-# Fields of a sweep's per-run row (skipvit_jax/sweep.py writes SWEEP_DIR/results.json).
+# Fields of a sweep's per-run row (skipvit_jax/tools/sweep/runner.py writes SWEEP_DIR/results.json).
 ACCURACY = "top1"  # eval top-1 with the run's routing
 ACCURACY_ALL_TOKENS = "top1_all_tokens"
 SPEEDUP = "speedup_measured"  # steady training images/s over the dense run's (same seed)
