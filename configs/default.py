@@ -6,9 +6,9 @@
   python main.py --config configs/default.py:toe,baseline --workdir /tmp/toe_only_default
 
 Drops 55% of the patch tokens at layer 6 and returns them before layer 11 (the SkipViT paper's
-fastest accurate row), after a one-epoch drop warm-up. Expected on a 2-core CPU: see the
-README's "Quick start" (measured figures: wall time, top-1 routed / all tokens, kept-object
-recall versus the keep ratio).
+fastest accurate row), after a one-epoch drop warm-up. Minutes on a 2-core CPU. Expected
+results, over seeds (top-1 routed / all tokens, kept-object recall against the keep ratio),
+and the wall time of each command above: docs/results.md, "Synthetic shapes".
 
 `:toe` adds ToE after layer 1 with a schedule compressed to the 4 epochs: 50% of the patch
 tokens in epoch 0 (33 tokens), 75% in epoch 1 (49), all from epoch 2 on; SkipViT's drop
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data.num_threads = 2  # the 2-core laptop case: more threads only contend
 
-  config.batch_size = 128  # the CPU's best images/s for this model (batch 64: about 0.6x)
+  config.batch_size = 128  # the CPU's best images/s for this model among the batches tried
   config.eval_batch_size = 500
   config.num_epochs = 4.0
   config.optimizer.lr = 2e-3

@@ -11,8 +11,9 @@
   python main.py --config configs/finetune.py:toe --config.init_from=/tmp/dense_48.npz \
       --workdir /tmp/ft_toe
 
-Without --config.init_from the same command trains from scratch: the comparison. Expected on
-a 2-core CPU: see the README ("Fine-tuning from pretrained weights").
+Without --config.init_from the same command trains from scratch: the comparison. Expected
+results of all four and their wall times: docs/results.md, "Fine-tuning"; the checkpoint
+formats init_from reads: docs/finetuning.md.
 
 A fine-tune starts from a model whose [CLS] attention already means something, so the routing
 drops tokens from the first step (no drop warm-up, the SkipViT paper's argument for one being

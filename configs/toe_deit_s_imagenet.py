@@ -6,7 +6,8 @@
   python main.py --config configs/toe_deit_s_imagenet.py:skipvit --workdir $WORKDIR ...
 
 Default: seeds r0 0.25, kept rates 0.5 / 0.75 / 1.0 from epochs 0 / 100 / 200, 2 expansion
-sub-steps: 99, 148, then all 197 tokens after layer 1 (whole-run FLOP-ideal speedup 1.31x);
+sub-steps: 99, 148, then all 197 tokens after layer 1 (docs/method.md §6: the whole run's
+FLOP-ideal speedup);
 DeiT's recipe (global batch 1024, AdamW lr 1e-3 cosine to 1e-5, weight decay 0.05, 5 warm-up
 epochs, label smoothing 0.1, mixup 0.8 / cutmix 1.0, drop path 0.1, RandAugment m9 mstd 0.5,
 random erasing 0.25, 3 repeated augmentations, a parameter EMA with decay 0.99996). The ToE

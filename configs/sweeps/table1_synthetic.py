@@ -4,9 +4,9 @@
   python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1 \
       --seeds 0,1,2  # every run over three seeds; the seed-0 runs above are reused
 
-The dense baseline, the fused-token row and the seven skip rows, each the 3.5-epoch tiny ViT of
+The dense baseline, the fused-token row and the seven skip rows, each the 4-epoch tiny ViT of
 configs/default.py:baseline with the row's routing and the default's 1-epoch drop warm-up.
-Nine runs of about 4 minutes each on a 2-core CPU (about 40 minutes per seed). The paper's
+Nine runs of the default's length per seed (docs/results.md has its wall time). The paper's
 ImageNet figures are in configs/skipvit_s16_imagenet.py; the same rows at full scale are
 configs/sweeps/table1_imagenet.py.
 """

@@ -2,10 +2,10 @@
 
   python -m skipvit_jax.tools.sweep --sweep configs/sweeps/toe_synthetic.py --sweep_dir /tmp/sweeps/toe
 
-The README's Quick start rows as a sweep: configs/default.py:baseline (dense),
+The default's ToE runs as a sweep: configs/default.py:baseline (dense),
 configs/default.py:toe,baseline (ToE stages of 33 / 49 / 65 tokens) and configs/default.py:toe
-(ToE plus the default SkipViT routing, 6-55-11 after a 1-epoch warm-up). Three runs, about 12
-minutes per seed on a 2-core CPU.
+(ToE plus the default SkipViT routing, 6-55-11 after a 1-epoch warm-up). Three runs of the
+default's length per seed.
 """
 
 BASE = "configs/default.py:baseline"

@@ -5,7 +5,7 @@
 
 Rows 4.7-30.30-10 and 6-55-11, each routed from step 0 (drop_warmup_epochs 0) and after one
 epoch on all tokens (1, configs/default.py's value), plus the dense run; all over
-configs/default.py:baseline (3.5 epochs). Five runs, about 20 minutes per seed on a 2-core CPU.
+configs/default.py:baseline (4 epochs). Five runs of the default's length per seed.
 """
 
 from configs.sweeps import paper_row

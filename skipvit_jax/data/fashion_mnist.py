@@ -29,8 +29,9 @@ CLASS_NAMES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", 
                "sneaker", "bag", "ankle boot")
 IMAGE_SIZE = 28
 NUM_TRAIN = 60_000  # the published split sizes; the trainer plans its run with them
-# Object pixels: brighter than 10 of 255. 47% of all pixels are; another 3% lie in 1..10, the
-# faint anti-aliased rim of a garment, whose patches the brighter pixels next to it already mark.
+# Object pixels: brighter than 10 of 255. The pixels at 1..10 are the faint anti-aliased rim
+# of a garment, whose patches the brighter pixels next to it already mark (docs/datasets.md
+# gives the shares of each).
 MASK_THRESHOLD = 10
 # Split -> (images file, labels file), the names the dataset's authors publish.
 FILES = {

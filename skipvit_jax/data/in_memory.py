@@ -1,14 +1,13 @@
 """A small dataset split held in memory as arrays, read once from its data source.
 
-Reading one example from a TFDS array_record data source costs about 160 us of Python on a
-2-core CPU host (record read, protobuf parse, feature decode), most of it holding Python's
-lock. At Fashion-MNIST's model, where a training step takes about 60 ms for 64 images, that
-is 10 ms of every step spent on the loader threads, competing with the thread that dispatches
-the steps: the trainer ran 1.22x faster with the splits in memory (BENCHMARKS.md). The
-project's own datasets (the synthetic one, Fashion-MNIST) are small (Fashion-MNIST's two
-splits take 110 MB), so their splits are read once, on first access, in batches, into one
+Reading one example from a TFDS array_record data source is Python work (record read,
+protobuf parse, feature decode), most of it holding Python's lock. With a small model, whose
+training step is short, the loader threads' share of every step competes with the thread that
+dispatches the steps, on the same cores. The project's own datasets (the synthetic one,
+Fashion-MNIST) are small, so their splits are read once, on first access, in batches, into one
 array per feature; `source[i]` is then an array index and returns the values the data source
-would have, so training and evaluation see exactly the same data.
+would have, so training and evaluation see exactly the same data. What it saves, and what the
+arrays take: BENCHMARKS.md, "Fashion-MNIST held in memory or read record by record".
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ def _read_all(source) -> dict[str, np.ndarray]:
 
 
 def _read(source, indices: range) -> list[dict]:
-  # TFDS data sources read a batch in one call (4x faster per example than one by one).
+  # TFDS data sources read a batch in one call, cheaper per example than one by one.
   if hasattr(source, "__getitems__"):
     return source.__getitems__(list(indices))
   return [source[i] for i in indices]

@@ -20,13 +20,12 @@
 - "pallas_interpret": the same kernel in Pallas interpret mode, on any backend: how the
   kernel is tested on CPU (slow; not for training).
 - "auto": "cudnn" where cuDNN can run (an NVIDIA GPU, bfloat16/float16, a supported head
-  dimension), "xla" everywhere else (float32 on a GPU, CPU, TPU, any PJRT plugin). The GPU
-  choice is not yet measured, so it is reasoned: cuDNN's flash attention never writes the
-  (B, H, N, N) probabilities to memory, forward or backward, and is the attention JAX's large
-  GPU trainings use; "xla" materialises them; the Pallas kernel is this project's own Triton
-  code, unmeasured against both. `benchmarks/gpu_check.py` times all three in the training
-  step and names the fastest, and "auto" is to follow that measurement. On CPU, "xla"
-  measured fastest.
+  dimension), "xla" everywhere else (float32 on a GPU, CPU, TPU, any PJRT plugin). On a GPU
+  the choice follows from memory traffic: cuDNN's flash attention never writes the
+  (B, H, N, N) probabilities to memory, forward or backward, where "xla" writes them in the
+  forward pass and reads them back in the backward pass. `benchmarks/gpu_check.py` times all
+  three GPU implementations in the training step and names the fastest; what has been
+  measured is in BENCHMARKS.md, and docs/attention.md explains the choice.
 
 In the model the kernel runs with keep_idx=None: after a split the residual stream itself is
 gathered (the MLP and the residual add need the kept tokens anyway), so every layer attends

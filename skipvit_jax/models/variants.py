@@ -20,8 +20,8 @@ class ViTDims:
 
 # name -> (width, depth, mlp_dim, num_heads). "Te" is the testing variant: twelve layers, so
 # every layer number of the SkipViT paper means the same thing, at a width a CPU trains fast.
-# "Tw" is its wider sibling, the model of configs/fashion_mnist.py:long (past 90% on
-# Fashion-MNIST in under 15 minutes of a 2-core CPU).
+# "Tw" is its wider sibling, the model of configs/fashion_mnist.py:long (its results:
+# docs/results.md, "Fashion-MNIST, longer recipe").
 _SIZES = {
     "Te": (32, 12, 128, 2),
     "Tw": (40, 12, 160, 2),

@@ -1,12 +1,13 @@
 """glibc malloc settings for training on the CPU: keep each step's freed memory for the next.
 
 XLA:CPU allocates a training step's temporaries as one block and frees it when the step ends
-(about 140 MB for configs/fashion_mnist.py at batch 64). glibc serves a block that large with
-a fresh mmap (its mmap threshold tops out at 32 MB, and a thread's own arena always maps one
-that large) and unmaps it on free, so every step faults ~35,000 zeroed pages back in: on a
-2-core x86-64 VM the kernel took 40% of the CPU (`perf record`: page faults, unmaps, TLB
-flushes). One arena that never maps and never trims serves the next step's block from the
-memory the last one freed.
+(far above glibc's mmap threshold even for configs/fashion_mnist.py's small model). glibc
+serves a block that large with a fresh mmap (its mmap threshold tops out at 32 MB, and a thread's own arena
+always maps one that large) and unmaps it on free, so every step faults each of its pages back
+in, zeroed, and the kernel's page faults, unmaps and TLB flushes take a large share of the CPU.
+One arena that never maps and never trims serves the next step's block from the memory the
+last one freed. The measurements: BENCHMARKS.md, "CPU: the trainer with glibc's malloc and
+with host_memory's".
 
 The settings are process-wide and must come before any thread allocates (so before JAX starts
 its backend), and they cost concurrency: one arena serialises malloc across threads. Where an
