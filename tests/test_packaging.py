@@ -12,6 +12,7 @@ from pathlib import Path
 
 import kernels
 from kernels import gather_attention
+from skipvit_jax.tools.sweep import results, schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,7 @@ def test_a_wheel_install_runs_a_sweep_outside_the_repository(tmp_path):
        *(f"--override={field}={value}" for field, value in tiny.items())],
       cwd=work, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
-  [row] = json.loads((work / "out" / "results.json").read_text())["runs"]
-  assert row["status"] == "done" and row["num_examples"] == 16
-  run = json.loads((work / "out" / "dense_seed0" / "sweep_run.json").read_text())
+  [row] = results.read_results(work / "out").runs
+  assert row[schema.STATUS] == schema.DONE and row[schema.NUM_EXAMPLES] == 16
+  run = json.loads((work / "out" / "dense_seed0" / schema.RUN_FILE).read_text())
   assert run["command"][:3] == [str(python), "-m", "skipvit_jax"]

@@ -1,8 +1,9 @@
-"""skipvit_jax.tools.viz (maps, sweeps, plots): attention maps on the patch grid, kept-patch overlays, ToE seeds / order /
-merge groups (toe.merge_assignment against tests/support/toe_reference.py), sweep records and the
-Pareto front."""
+"""skipvit_jax.tools.viz (maps, compare, plots): attention maps on the patch grid, kept-patch
+overlays, ToE seeds / order / merge groups (toe.merge_assignment against
+tests/support/toe_reference.py), the Pareto front, swept parameters, runs tables, evaluation
+histories and the plots of all of them."""
 
-import json
+import math
 
 import jax
 import numpy as np
@@ -10,9 +11,9 @@ import pytest
 
 from skipvit_jax import RoutingConfig, ViT
 from skipvit_jax.models import toe
-from skipvit_jax.tools.sweep import runner
+from skipvit_jax.tools.viz import compare, plots
 from skipvit_jax.tools.viz import maps as patch_maps
-from skipvit_jax.tools.viz import plots, sweeps
+from skipvit_jax.train.metrics import MetricWriter
 from tests.support import toe_reference
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -104,7 +105,8 @@ def test_toe_positions_follow_out_index_and_keep_idx(toe_skip_aux):
   np.testing.assert_array_equal(
       np.take_along_axis(positions[5], record["keep_idx"], axis=1), record["kept_positions"])
   maps = patch_maps.cls_attention_maps(toe_skip_aux, 64)
-  assert (~np.isnan(maps)).sum(axis=2).tolist() == [[n, n] for n in [64] + [32] * 5 + [16] * 4 + [32] * 2]
+  assert (~np.isnan(maps)).sum(axis=2).tolist() == [
+      [n, n] for n in [64] + [32] * 5 + [16] * 4 + [32] * 2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,9 +124,11 @@ def test_overlay_paints_exactly_the_kept_and_dropped_patches(skip_aux):
   red, blue = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)
   for b in range(2):
     painted = patch_maps.overlay_patches(np.zeros((32, 32, 3), np.uint8), fates[b], 4,
-                                  {patch_maps.KEPT: red, patch_maps.DROPPED: blue}, alpha=1.0)
+                                         {patch_maps.KEPT: red, patch_maps.DROPPED: blue},
+                                         alpha=1.0)
     for position in range(64):
-      block = painted[4 * (position // 8):4 * (position // 8 + 1), 4 * (position % 8):4 * (position % 8 + 1)]
+      row, column = divmod(position, 8)
+      block = painted[4 * row:4 * (row + 1), 4 * column:4 * (column + 1)]
       want = red if position in record["keep_idx"][b] else blue
       assert position in record["keep_idx"][b] or position in record["drop_idx"][b]
       np.testing.assert_array_equal(block, np.broadcast_to(want, (4, 4, 3)))
@@ -133,7 +137,8 @@ def test_overlay_paints_exactly_the_kept_and_dropped_patches(skip_aux):
 def test_overlay_blends_and_leaves_uncoloured_labels():
   image = np.full((4, 4, 3), 0.5, np.float32)
   labels = np.array([True, False, False, True])  # a 2x2 patch grid of 2x2 pixels
-  out = patch_maps.overlay_patches(image, labels, 2, {False: (1.0, 1.0, 1.0), True: None}, alpha=0.5)
+  out = patch_maps.overlay_patches(image, labels, 2, {False: (1.0, 1.0, 1.0), True: None},
+                                   alpha=0.5)
   assert (image == 0.5).all()  # painted on a copy
   np.testing.assert_array_equal(out[:2, :2], image[:2, :2])
   np.testing.assert_allclose(out[:2, 2:], 0.75)
@@ -208,11 +213,12 @@ def test_selection_rank_and_expansion_step():
 def test_expansion_step_skips_empty_substeps():
   plan = toe.ToEPlan(1, True, (0, 4), (0, 2), 4, 8)
   rank = np.array([[0, -1, 2, -1, 1, 3, -1, -1]])
-  np.testing.assert_array_equal(patch_maps.toe_expansion_step(rank, plan), [[0, -1, 2, -1, 0, 2, -1, -1]])
+  np.testing.assert_array_equal(patch_maps.toe_expansion_step(rank, plan),
+                                [[0, -1, 2, -1, 0, 2, -1, -1]])
 
 
 # --------------------------------------------------------------------------------------------
-# Sweeps.
+# Runs compared.
 
 
 def test_pareto_front_of_a_hand_made_set():
@@ -226,57 +232,48 @@ def test_pareto_front_of_a_hand_made_set():
       [1.5, 0.70],  # 6: equal to 4: both kept
       [0.9, 0.60],  # 7: dominated by 0
   ])
-  np.testing.assert_array_equal(sweeps.pareto_front(points), [0, 1, 4, 6])
-  assert sweeps.pareto_front(np.zeros((0, 2))).tolist() == []
+  np.testing.assert_array_equal(compare.pareto_front(points), [0, 1, 4, 6])
+  assert compare.pareto_front(np.zeros((0, 2))).tolist() == []
   with pytest.raises(ValueError, match=r"\(N, 2\)"):
-    sweeps.pareto_front(np.zeros((3,)))
+    compare.pareto_front(np.zeros((3,)))
 
 
 def _row(name, status="done", overrides=None, **metrics):
-  """A results.json row as skipvit_jax/tools/sweep/runner.py writes it (the fields viz reads)."""
+  """A result row as tools/sweep/results.py reads it back (the fields viz reads)."""
   return {"name": name, "seed": 0, "base": "configs/default.py:baseline",
-          "overrides": overrides or {},
-          "status": status, "top1": None, "speedup_measured": None, **metrics}
+          "overrides": overrides or {}, "status": status, "top1": None,
+          "speedup_measured": None, "speedup_ideal": None, **metrics}
 
 
-def test_sweep_rows_load_filter_and_give_overrides_as_values(tmp_path):
-  rows = [
-      _row("dense", top1=0.31, speedup_measured=1.0),
-      _row("4.7-30.30-10", top1=0.30, speedup_measured=1.2,
-           overrides={"routing.drop_layers": [4, 7], "routing.drop_ratios": [0.3, 0.3],
-                      "routing.return_layer": 10, "drop_warmup_epochs": 1.0}),  # as JSON has them
-      _row("6-45-fused", top1=0.29, speedup_measured=1.3,
-           overrides={"routing.drop_layers": [6], "routing.drop_ratios": [0.45],
-                      "routing.mode": "fused", "toe.enabled": True}),
-      _row("bad", status="failed", overrides={"routing.return_layer": 3}),
-      _row("nan", top1=float("nan"), speedup_measured=1.1),
-  ]
-  (tmp_path / "results.json").write_text(json.dumps({"sweep": "s.py", "runs": rows}))
-  loaded = sweeps.load_sweep_results(str(tmp_path))
-  assert [r["name"] for r in loaded] == ["dense", "4.7-30.30-10", "6-45-fused", "bad", "nan"]
-  assert loaded[1]["overrides"] == {
-      "routing.drop_layers": (4, 7), "routing.drop_ratios": (0.3, 0.3),
-      "routing.return_layer": 10, "drop_warmup_epochs": 1.0}
-  assert loaded[2]["overrides"] == {
-      "routing.drop_layers": (6,), "routing.drop_ratios": (0.45,), "routing.mode": "fused",
-      "toe.enabled": True}
-  done = sweeps.completed_runs(loaded, sweeps.ACCURACY, sweeps.SPEEDUP)
-  assert [r["name"] for r in done] == ["dense", "4.7-30.30-10", "6-45-fused"]
-  assert sweeps.sweep_parameter(done[1], "routing.return_layer") == 10
-  assert sweeps.sweep_parameter(done[0], "routing.return_layer") is None  # the base config's
+def test_swept_parameters_and_their_labels():
+  routed = _row("4.7-30.30-10", overrides={"routing.drop_layers": (4, 7),
+                                           "routing.drop_ratios": (0.3, 0.3),
+                                           "routing.return_layer": 10})
+  assert compare.sweep_parameter(routed, "routing.return_layer") == 10
+  assert compare.sweep_parameter(_row("dense"), "routing.return_layer") is None  # the base's
+  labels = [compare.parameter_label(compare.sweep_parameter(routed, name))
+            for name in compare.SWEEP_PARAMETERS]
+  assert labels == ["4,7", "0.3,0.3", "10"]
+  assert compare.parameter_label(None) == "base" and compare.parameter_label(()) == "-"
 
 
-def test_sweep_results_written_by_the_sweep_runner_load_back(tmp_path):
-  overrides = {"routing.drop_layers": (4, 7), "routing.drop_ratios": (0.3, 0.3),
-               "routing.return_layer": 10, "routing.mode": "skip", "toe.enabled": False}
-  runs = [runner.Run("dense", 0, "configs/default.py:baseline", {}),
-          runner.Run("4.7-30.30-10", 0, "configs/default.py:baseline", overrides)]
-  runner.write_results(runner.Sweep("s.py", runs, "dense"), tmp_path)  # never run: "pending"
-  loaded = sweeps.load_sweep_results(str(tmp_path))
-  assert [(r["name"], r["status"], r["overrides"]) for r in loaded] == [
-      ("dense", "pending", {}), ("4.7-30.30-10", "pending", overrides)]
-  assert all(sweeps.ACCURACY in r and sweeps.SPEEDUP in r and sweeps.IDEAL_SPEEDUP in r for r in loaded)
-  assert sweeps.completed_runs(loaded) == []
+def test_runs_table_shows_every_row_with_its_overrides_or_base():
+  table = compare.runs_table([
+      _row("dense", top1=0.3104, speedup_measured=1.0, speedup_ideal=1.0),
+      _row("6-55-11", top1=0.2951, speedup_measured=1.234, speedup_ideal=1.31,
+           overrides={"routing.drop_ratios": (0.55,)}),
+      _row("bad", status="failed", top1_all_tokens=0.1)])
+  lines = table.splitlines()
+  assert len(lines) == 4 and lines[0].split() == [
+      "run", "seed", "status", "top-1", "%", "speedup", "ideal", "config"]
+  assert lines[1].split() == ["dense", "0", "done", "31.0", "1.00x", "1.00x",
+                              "configs/default.py:baseline"]
+  assert lines[2].split() == ["6-55-11", "0", "done", "29.5", "1.23x", "1.31x",
+                              "routing.drop_ratios=0.55"]
+  assert lines[3].split()[2:6] == ["failed", "-", "-", "-"]
+  all_tokens = compare.runs_table([_row("bad", status="failed", top1_all_tokens=0.1)],
+                                  accuracy="top1_all_tokens")
+  assert all_tokens.splitlines()[1].split()[3] == "10.0"
 
 
 def test_plots_draw_without_a_display(skip_aux):
@@ -313,17 +310,24 @@ def test_eval_history_maps_steps_to_epochs_and_keeps_the_last_of_a_resumed_eval(
              {"step": 100, "eval/top1": 0.3},  # routing not active yet: no recall
              {"step": 100, "eval/top1": 0.35},  # evaluated again after a resume
              {"step": 150, "train/epoch": 1.5, "train/loss": 0.9},
-             {"step": 150, "eval/top1": 0.4, "eval/kept_object_recall_0": 0.7}]
-  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  epochs, top1 = sweeps.eval_history(str(tmp_path), "eval/top1")
-  np.testing.assert_allclose(epochs, [0.5, 1.0, 1.5])
-  np.testing.assert_allclose(top1, [0.2, 0.35, 0.4])
-  epochs, recall = sweeps.eval_history(str(tmp_path), "eval/kept_object_recall_0")
+             {"step": 150, "eval/top1": 0.4, "eval/kept_object_recall_0": 0.7},
+             {"step": 200, "eval/top1": float("nan")}]  # diverged: a NaN point
+  writer = MetricWriter(str(tmp_path), enabled=True)  # metrics.jsonl as the trainer writes it
+  for record in records:
+    writer.write(record["step"], {k: v for k, v in record.items() if k != "step"})
+  writer.close()
+  epochs, top1 = compare.eval_history(tmp_path, "eval/top1")
+  np.testing.assert_allclose(epochs, [0.5, 1.0, 1.5, 2.0])
+  np.testing.assert_allclose(top1[:3], [0.2, 0.35, 0.4])
+  assert math.isnan(top1[3])
+  epochs, recall = compare.eval_history(tmp_path, "eval/kept_object_recall_0")
   np.testing.assert_allclose(epochs, [0.5, 1.5])
   np.testing.assert_allclose(recall, [0.6, 0.7])
   ax = plots.plot_eval_history({"run": (epochs, recall)}, ylabel="recall", reference=0.45)
   np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.6, 0.7])
   assert ax.lines[1].get_ydata()[0] == 0.45
+  with pytest.raises(FileNotFoundError):
+    compare.eval_history(tmp_path / "never_started", "eval/top1")
 
 
 def test_pareto_plot_labels_the_front_or_every_run():

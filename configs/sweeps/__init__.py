@@ -1,4 +1,5 @@
-"""Sweep definitions, run with `python -m skipvit_jax.tools.sweep` (format: skipvit_jax/tools/sweep/runner.py).
+"""Sweep definitions, run with `python -m skipvit_jax.tools.sweep` (the format:
+skipvit_jax/tools/sweep/spec.py).
 
 Also the SkipViT paper's row names as config overrides, shared by the sweep files.
 """

@@ -1,4 +1,4 @@
-"""matplotlib figures of the maps (viz/maps.py) and sweep results (viz/sweeps.py) the
+"""matplotlib figures of the maps (viz/maps.py) and the run comparisons (viz/compare.py) the
 notebooks and docs/figures.py draw; matplotlib is imported when a plot is drawn."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from skipvit_jax.tools.sweep import schema
+from skipvit_jax.tools.viz import compare
 from skipvit_jax.tools.viz import maps as patch_maps  # `maps` names the map arrays here
-from skipvit_jax.tools.viz import sweeps
 
 
 def _pyplot():
@@ -199,16 +200,17 @@ def _group_outlines(groups: np.ndarray, patch_size: int) -> list:
 def plot_pareto(
     records: Sequence[Mapping],
     *,
-    x_key: str = sweeps.SPEEDUP,
-    y_key: str = sweeps.ACCURACY,
-    label_key: str = "name",
+    x_key: str = schema.SPEEDUP,
+    y_key: str = schema.TOP1,
+    label_key: str = schema.NAME,
     label_all: bool = False,
     ax=None,
 ):
   """Accuracy against measured speedup, one point per run, the Pareto front joined.
 
   Args:
-    records: run records with numbers under `x_key` and `y_key` (see `sweeps.completed_runs`).
+    records: result rows with numbers under `x_key` and `y_key` (see
+      `tools.sweep.results.finished_rows`).
     x_key, y_key: the record fields on the axes (both maximised for the front).
     label_key: field written next to each front point.
     label_all: also write it, in grey, next to the points off the front.
@@ -221,7 +223,7 @@ def plot_pareto(
   points = np.array([[r[x_key], r[y_key]] for r in records], np.float64).reshape(-1, 2)
   ax.scatter(points[:, 0], points[:, 1], s=18, c="0.55", label="runs")
   if len(points):
-    front = sweeps.pareto_front(points)
+    front = compare.pareto_front(points)
     ax.plot(points[front, 0], points[front, 1], "o-", c="C3", ms=5, label="Pareto front")
     for j in front:
       ax.annotate(str(records[j].get(label_key, j)), points[j], fontsize=6,
@@ -239,14 +241,14 @@ def plot_pareto(
 def plot_parameter_effects(
     records: Sequence[Mapping],
     *,
-    parameters: Mapping[str, str] = sweeps.SWEEP_PARAMETERS,
-    y_keys: Sequence[str] = (sweeps.ACCURACY, sweeps.SPEEDUP),
+    parameters: Mapping[str, str] = compare.SWEEP_PARAMETERS,
+    y_keys: Sequence[str] = (schema.TOP1, schema.SPEEDUP),
 ):
   """One column per swept parameter, one row per metric: every run as a dot at its value
   of the parameter, the mean over runs with that value (seeds, other parameters) as a line.
 
   Args:
-    records: run records (see `sweeps.completed_runs`).
+    records: result rows (see `tools.sweep.results.finished_rows`).
     parameters: config field -> axis label; fields no run varies are skipped.
     y_keys: the metrics, one row each.
 
@@ -255,17 +257,19 @@ def plot_parameter_effects(
   """
   plt = _pyplot()
   varied = {name: label for name, label in parameters.items()
-            if len({sweeps.parameter_label(sweeps.sweep_parameter(r, name)) for r in records}) > 1}
+            if len({compare.parameter_label(compare.sweep_parameter(r, name))
+                    for r in records}) > 1}
   columns = max(len(varied), 1)
   fig, axes = plt.subplots(len(y_keys), columns, squeeze=False,
                            figsize=(3.2 * columns, 2.6 * len(y_keys)))
   for c, (name, label) in enumerate(varied.items()):
-    values = [sweeps.sweep_parameter(r, name) for r in records]
+    values = [compare.sweep_parameter(r, name) for r in records]
     # Categories in the values' own order, runs without the override ("base") first.
-    categories = sorted({sweeps.parameter_label(v): v for v in values}.items(),
-                        key=lambda item: (item[1] is not None, item[1] if item[1] is not None else 0))
+    categories = sorted({compare.parameter_label(v): v for v in values}.items(),
+                        key=lambda item: (item[1] is not None,
+                                          item[1] if item[1] is not None else 0))
     where = {text: k for k, (text, _) in enumerate(categories)}
-    xs = np.array([where[sweeps.parameter_label(v)] for v in values])
+    xs = np.array([where[compare.parameter_label(v)] for v in values])
     for row, y_key in enumerate(y_keys):
       ax = axes[row, c]
       ys = np.array([r[y_key] for r in records], np.float64)
@@ -279,7 +283,8 @@ def plot_parameter_effects(
       ax.set_xlabel(label)
       ax.set_ylabel(y_key, fontsize=8)
   if not varied:
-    axes[0, 0].text(0.5, 0.5, "no swept parameter varies", ha="center", transform=axes[0, 0].transAxes)
+    axes[0, 0].text(0.5, 0.5, "no swept parameter varies", ha="center",
+                    transform=axes[0, 0].transAxes)
   fig.tight_layout()
   return fig
 
@@ -292,7 +297,7 @@ def plot_eval_history(
     reference_label: str = "",
     ax=None,
 ):
-  """Metric-versus-epoch curves, one per run (`sweeps.eval_history`'s output by run label).
+  """Metric-versus-epoch curves, one per run (`compare.eval_history`'s output by run label).
 
   Args:
     histories: label -> (epochs, values).

@@ -1,24 +1,23 @@
-"""A sweep's results (SWEEP_DIR/results.json, which skipvit_jax/tools/sweep/runner.py writes) as rows and
-tables: finished runs, the value a run gave a config field, the accuracy-speed Pareto front, and
-a run's evaluation history from its metrics.jsonl."""
+"""Runs compared, as the numbers and labels the sweep plots draw (no matplotlib): the accuracy-
+speed Pareto front, each run's value of a swept config field and its axis label, a plain-text
+table of result rows, and a metric over a run's evaluations.
+
+The rows are a sweep's results (tools/sweep/results.py reads them from SWEEP_DIR/results.json;
+their fields are named in tools/sweep/schema.py); a run's history comes from its metrics.jsonl.
+"""
 
 from __future__ import annotations
 
 import itertools
-import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-# Fields of a sweep's per-run row (skipvit_jax/tools/sweep/runner.py writes SWEEP_DIR/results.json).
-ACCURACY = "top1"  # eval top-1 with the run's routing
-ACCURACY_ALL_TOKENS = "top1_all_tokens"
-SPEEDUP = "speedup_measured"  # steady training images/s over the dense run's (same seed)
-IDEAL_SPEEDUP = "speedup_ideal"  # the FLOP model's, over the whole run
-FINISHED = "done"  # the status of a run that finished
+from skipvit_jax.tools.sweep import schema
+from skipvit_jax.train.metrics import read_metrics
+
 # Config overrides whose effect the sweep notebook plots, with their axis labels.
 SWEEP_PARAMETERS = {
     "routing.drop_layers": "drop layer(s)",
@@ -27,27 +26,7 @@ SWEEP_PARAMETERS = {
 }
 
 
-
-def load_sweep_results(sweep_dir: str) -> list[dict]:
-  """The per-run rows of SWEEP_DIR/results.json (every run and seed, failed ones included),
-  each with its "overrides" as {config field: value}, tuple values as tuples."""
-  with open(os.path.join(sweep_dir, "results.json"), encoding="utf-8") as f:
-    results = json.load(f)
-  return [{**row, "overrides": {field: tuple(value) if isinstance(value, list) else value
-                                for field, value in row["overrides"].items()}}
-          for row in results["runs"]]
-
-
-def completed_runs(records: Sequence[Mapping], *keys: str) -> list[Mapping]:
-  """The finished runs that have a finite number under every one of `keys`."""
-  return [
-      r for r in records
-      if r.get("status") == FINISHED
-      and all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in keys)
-  ]
-
-
-def eval_history(run_dir: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+def eval_history(run_dir: str | os.PathLike, key: str) -> tuple[np.ndarray, np.ndarray]:
   """One metric over a run's evaluations, from RUN_DIR/metrics.jsonl.
 
   Args:
@@ -61,12 +40,11 @@ def eval_history(run_dir: str, key: str) -> tuple[np.ndarray, np.ndarray]:
   """
   by_step: dict[int, float] = {}
   steps_per_epoch = None
-  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    for record in map(json.loads, f):
-      if record.get("train/epoch"):
-        steps_per_epoch = record["step"] / record["train/epoch"]
-      if key in record and record[key] is not None:
-        by_step[record["step"]] = record[key]
+  for record in read_metrics(run_dir):
+    if record.get("train/epoch"):
+      steps_per_epoch = record["step"] / record["train/epoch"]
+    if key in record and record[key] is not None:
+      by_step[record["step"]] = record[key]
   if by_step and steps_per_epoch is None:
     raise ValueError(f"{run_dir}: no training record gives the steps per epoch")
   steps = sorted(by_step)
@@ -74,10 +52,10 @@ def eval_history(run_dir: str, key: str) -> tuple[np.ndarray, np.ndarray]:
           np.array([by_step[s] for s in steps], np.float64))
 
 
-def sweep_parameter(record: Mapping, name: str) -> Any:
+def sweep_parameter(row: Mapping[str, Any], name: str) -> Any:
   """A run's override of the config field `name` (e.g. "routing.drop_layers"), or None where
   the run keeps its base config's value."""
-  return record["overrides"].get(name)
+  return row[schema.OVERRIDES].get(name)
 
 
 def parameter_label(value: Any) -> str:
@@ -87,18 +65,19 @@ def parameter_label(value: Any) -> str:
   return "base" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
 
 
-def runs_table(rows: Sequence[Mapping], *, accuracy: str = ACCURACY) -> str:
-  """A plain-text table of sweep rows: name, seed, status, accuracy (%), measured and ideal
-  speedup, and the overrides (or the base config where there are none)."""
-  lines = [f"{'run':<16}{'seed':>5}  {'status':<11}{'top-1 %':>8}{'speedup':>9}{'ideal':>7}  config"]
+def runs_table(rows: Sequence[Mapping[str, Any]], *, accuracy: str = schema.TOP1) -> str:
+  """A plain-text table of result rows: name, seed, status, `accuracy` (%), measured and
+  ideal speedup, and the overrides (or the base config where there are none)."""
+  header = f"{'run':<16}{'seed':>5}  {'status':<11}{'top-1 %':>8}{'speedup':>9}{'ideal':>7}"
+  lines = [f"{header}  config"]
   for r in rows:
-    top1, speedup, ideal = r.get(accuracy), r.get(SPEEDUP), r.get(IDEAL_SPEEDUP)
-    overrides = " ".join(f"{k}={parameter_label(v)}" for k, v in r["overrides"].items())
+    top1, speedup, ideal = r.get(accuracy), r.get(schema.SPEEDUP), r.get(schema.IDEAL_SPEEDUP)
+    overrides = " ".join(f"{k}={parameter_label(v)}" for k, v in r[schema.OVERRIDES].items())
     lines.append(
-        f"{r['name']:<16}{r['seed']:>5}  {r['status']:<11}"
+        f"{r[schema.NAME]:<16}{r[schema.SEED]:>5}  {r[schema.STATUS]:<11}"
         f"{'-' if top1 is None else f'{100 * top1:.1f}':>8}"
         f"{'-' if speedup is None else f'{speedup:.2f}x':>9}"
-        f"{'-' if ideal is None else f'{ideal:.2f}x':>7}  {overrides or r['base']}")
+        f"{'-' if ideal is None else f'{ideal:.2f}x':>7}  {overrides or r[schema.BASE]}")
   return "\n".join(lines)
 
 
