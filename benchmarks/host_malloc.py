@@ -1,4 +1,5 @@
-"""Training throughput on a CPU with glibc's default malloc and with skipvit_jax/runtime/host_memory.py.
+"""Training throughput on a CPU with glibc's default malloc and with
+skipvit_jax/runtime/host_memory.py.
 
   python -m benchmarks.host_malloc                     # configs/fashion_mnist.py, its batch
   python -m benchmarks.host_malloc --batch_size=64
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import resource
 import statistics
@@ -30,6 +30,7 @@ import jax
 
 from benchmarks import timing
 from skipvit_jax.runtime import host_memory
+from skipvit_jax.train.metrics import read_metrics
 
 MODES = ("system", "retained")
 REPO = Path(__file__).resolve().parents[1]  # where `configs` imports from
@@ -56,7 +57,7 @@ def run_once(mode: str, args) -> dict:
     subprocess.run(command, env=_environment(mode), cwd=REPO, check=True,
                    capture_output=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    records = [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
+    records = read_metrics(workdir)
   rates = [r["train/images_per_sec"] for r in records
            if "train/images_per_sec" in r and r["step"] > args.skip]
   return {"mode": mode, "images_per_sec": statistics.mean(rates),
@@ -79,9 +80,9 @@ def run(args) -> dict:
 
 def table(report: dict) -> str:
   batch = report["batch_size"] or "of the config"
-  lines = [f"host malloc, {report['config']} batch {batch}, steps "
-           f"{report['skip']}-{report['steps']}, {report['cpu_count']} CPUs, JAX "
-           f"{report['jax_version']}",
+  lines = [(f"host malloc, {report['config']} batch {batch}, steps "
+            f"{report['skip']}-{report['steps']}, {report['cpu_count']} CPUs, JAX "
+            f"{report['jax_version']}"),
            f"{'malloc':<10}{'img/s':>8}{'user s':>9}{'sys s':>8}"]
   for r in report["runs"]:
     lines.append(f"{r['mode']:<10}{r['images_per_sec']:>8.0f}{r['user_s']:>9.1f}"
