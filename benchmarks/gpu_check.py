@@ -19,10 +19,11 @@ MFU, memory, and timm's ViT-S/16 as a peer, written as JSON and as Markdown for 
 4. A verdict on the performance targets and which attention implementation measured fastest
    (the choice "auto" is to follow on NVIDIA GPUs).
 
-Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md, prints the Markdown (stderr) and the
-JSON (stdout). Needs only JAX, Flax and optax (plus torch and timm for the peer). JAX is told
-not to preallocate GPU memory, so that PyTorch can share the device and the reported peak is
-what the steps used.
+Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md (without --out_dir, OUT_DIR is a
+fresh temporary directory, so that a run leaves nothing where it was started), prints the
+Markdown and OUT_DIR (stderr) and the JSON (stdout). Needs only JAX, Flax and optax (plus
+torch and timm for the peer). JAX is told not to preallocate GPU memory, so that PyTorch can
+share the device and the reported peak is what the steps used.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -248,8 +250,8 @@ def judge(results: list[dict], peer: dict) -> list[dict]:
         add(f"{config} realises >= {TOE_REALISED_TARGET:.0%} of its ideal gain", name,
             realised, realised >= TOE_REALISED_TARGET)
     memory = {c: r["step_memory_mib"] for c, r in rows.items()}
-    if all(memory.values()):
-      routed = [m for c, m in memory.items() if c != "dense"]
+    routed = [m for c, m in memory.items() if c != "dense"]
+    if routed and all(memory.values()):
       add("every routed step's memory < dense's", name, max(routed) / memory["dense"],
           max(routed) < memory["dense"])
   return verdicts
@@ -333,7 +335,8 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out_dir", default="gpu_check", help="where the JSON and Markdown go")
+  parser.add_argument("--out_dir", help="where the JSON and Markdown go (default: a fresh "
+                                        "temporary directory, printed)")
   parser.add_argument("--smoke", action="store_true",
                       help="toy sizes on any backend: the same code in under a minute on a CPU")
   parser.add_argument("--attention", help=f"implementations to time (default {ATTENTIONS})")
@@ -350,6 +353,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
+  # Made before minutes of measuring, so that an unwritable --out_dir fails at once.
+  out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="gpu_check_"))
+  out_dir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
   runtime = {}
   report = {"benchmark": "gpu_check", "argv": argv, "environment": environment(args.smoke)}
@@ -379,11 +385,10 @@ def main(argv=None) -> dict:
   runtime["total"] = time.perf_counter() - started
   report["runtime_s"] = runtime
 
-  out_dir = Path(args.out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   text = markdown(report)
   (out_dir / "gpu_check.md").write_text(text + "\n")
   timing.emit(report, text, str(out_dir / "gpu_check.json"))
+  print(f"gpu_check.json and gpu_check.md are in {out_dir}", file=sys.stderr)
   return report
 
 

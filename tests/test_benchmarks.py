@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,34 @@ def test_gpu_check_judges_every_target_and_names_the_fastest_attention():
   choice = gpu_check.fastest_attention(results)
   assert choice["fastest"] == "cudnn"  # geometric mean 152.9 against 151.3 img/s
   assert choice["auto_picks"] == "xla" and not choice["auto_agrees"]  # a CPU
+
+
+def test_gpu_check_judges_a_dense_only_run_without_comparing_memory():
+  verdicts = gpu_check.judge([_step_result("xla", "dense", 100.0)], {"ran": False})
+  assert [v["target"] for v in verdicts] == ["dense MFU >= 35%", "dense images/s >= timm's"]
+
+
+def test_gpu_check_writes_where_told_or_else_into_a_fresh_temporary_directory(
+    tmp_path, monkeypatch, capsys):
+  # The measurements are faked (the smoke test runs them): this is about where files go.
+  monkeypatch.setattr(gpu_check, "kernel_checks", lambda shape, num_keep: [])
+  monkeypatch.setattr(gpu_check.train_step, "run",
+                      lambda args: {"results": [_step_result("xla", "dense", 100.0)]})
+  monkeypatch.setattr(gpu_check, "markdown", lambda report: "the table")
+  named = tmp_path / "named" / "deeper"
+  gpu_check.main(["--smoke", "--no_timm", f"--out_dir={named}"])
+  assert sorted(p.name for p in named.iterdir()) == ["gpu_check.json", "gpu_check.md"]
+  assert f"gpu_check.json and gpu_check.md are in {named}" in capsys.readouterr().err
+
+  cwd, temp = tmp_path / "cwd", tmp_path / "tmp"
+  cwd.mkdir()
+  temp.mkdir()
+  monkeypatch.chdir(cwd)
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  report = gpu_check.main(["--smoke", "--no_timm"])
+  assert list(cwd.iterdir()) == []  # nothing where it was started
+  [out_dir] = temp.iterdir()
+  assert out_dir.name.startswith("gpu_check_")
+  assert f"gpu_check.json and gpu_check.md are in {out_dir}" in capsys.readouterr().err
+  assert json.loads((out_dir / "gpu_check.json").read_text()) == json.loads(json.dumps(report))
+  assert (out_dir / "gpu_check.md").read_text() == "the table\n"
