@@ -1,7 +1,7 @@
 """The notebooks run headless from top to bottom (nbclient, a kernel on this interpreter), with
 tiny values injected into their parameter cell."""
 
-import json
+import dataclasses
 import os
 import re
 import sys
@@ -11,6 +11,8 @@ import jax
 import nbclient
 import nbformat
 import pytest
+
+from skipvit_jax.tools.sweep import results, schema
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -102,7 +104,8 @@ def test_sweep_results_notebook_plots_a_sweep(tmp_path):
                  "routing.return_layer": back, "drop_warmup_epochs": 1.0}
     rows.append(row(f"{layer}-{int(ratio * 100)}-{back}", 0.3 - ratio / 10 + layer / 100,
                     1 + ratio * (12 - layer) / 10, overrides))
-  (tmp_path / "results.json").write_text(json.dumps({"sweep": "grid.py", "runs": rows}))
+  schema.write_json(tmp_path / schema.RESULTS_JSON, dataclasses.asdict(results.SweepResults(
+      sweep="grid.py", dense="dense", overrides={}, runs=rows, mean_std_over_seeds=[])))
   notebook = _execute("sweep_results.ipynb", tmp_path, SWEEP_DIR=str(tmp_path))
   assert _images(notebook) == 2  # the Pareto plot and the per-parameter effects
 
