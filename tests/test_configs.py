@@ -9,7 +9,7 @@ import pytest
 
 from configs import skipvit_s16_imagenet, toe_deit_s_imagenet, vit_s16_imagenet
 from skipvit_jax.models import flops
-from skipvit_jax.train import loop, phases as phases_lib
+from skipvit_jax.train import phases as phases_lib, plan
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -28,7 +28,7 @@ RUNNABLE = [
 def test_config_builds_a_valid_model_in_every_phase(name, arg):
   module = importlib.import_module(f"configs.{name}")
   config = module.get_config(arg)
-  model = loop.build_model(config, num_classes=1000)
+  model = plan.build_model(config, num_classes=1000)
   assert model.image_size == config.data.image_size
   assert f"python main.py --config configs/{name}.py" in module.__doc__
   assert_every_phase_builds(config, model)
@@ -37,18 +37,18 @@ def test_config_builds_a_valid_model_in_every_phase(name, arg):
 def assert_every_phase_builds(config, model) -> None:
   """Builds the model of each training phase of `config` (10 steps per epoch): cloning
   validates the phase's routing and ToE layout."""
-  for phase in loop.training_phases(config, model, steps_per_epoch=10,
-                                     total_steps=int(config.num_epochs * 10)):
+  for phase in plan.training_phases(config, model, steps_per_epoch=10,
+                                    total_steps=plan.total_train_steps(config, 10)):
     model.clone(routing=phase.routing, toe=phase.toe)
 
 
 def test_toe_configs_token_counts_and_schedule():
-  deit_s = loop.toe_schedule(toe_deit_s_imagenet.get_config(), 196)
+  deit_s = plan.toe_schedule(toe_deit_s_imagenet.get_config())
   assert [1 + deit_s.plan(196, e).num_selected for e in (0, 100)] == [99, 148]
   assert deit_s.plan(196, 200) is None
-  deit_t = loop.toe_schedule(toe_deit_s_imagenet.get_config("deit_t"), 196)
+  deit_t = plan.toe_schedule(toe_deit_s_imagenet.get_config("deit_t"))
   assert [1 + deit_t.plan(196, e).num_selected for e in (0, 100)] == [117, 156]
-  # ToE's DeiT-S schedule, whose 1.31x whole-run speedup tests/test_schedule.py checks.
+  # ToE's DeiT-S schedule, whose 1.31x whole-run speedup tests/test_phases.py checks.
   assert deit_s == phases_lib.ToESchedule((0, 100, 200), (0.5, 0.75, 1.0), 0.25, 2)
 
 
@@ -59,7 +59,7 @@ def test_paper_rows_map_to_routing():
   assert config.routing.return_layer == 10 and config.drop_warmup_epochs == 15
   fused = skipvit_s16_imagenet.get_config("row=6-45-fused")
   assert fused.routing.mode == "fused" and fused.routing.return_layer == 0
-  best = loop.build_model(skipvit_s16_imagenet.get_config("row=6-55-11"), num_classes=1000)
+  best = plan.build_model(skipvit_s16_imagenet.get_config("row=6-55-11"), num_classes=1000)
   speedup = flops.ideal_speedup("S/16", image_size=224, num_classes=1000, routing=best.routing)
   assert round(speedup, 2) == 1.27
 

@@ -31,7 +31,7 @@ from configs import default, skipvit_s16_imagenet, toe_deit_s_imagenet, vit_s16_
 from configs.sweeps import paper_row
 from skipvit_jax import ViT
 from skipvit_jax.models import attention
-from skipvit_jax.train import evaluate, loop, step as step_lib
+from skipvit_jax.train import evaluate, plan, step as step_lib
 from tests.support import cuda_lowering
 from tests.support.cuda_lowering import CUDNN_BACKWARD, CUDNN_FORWARD
 
@@ -83,22 +83,22 @@ S16_CASES = {  # name: (config, phase, the token counts its layers attend over)
 
 def _phase_model(config, phase_name: str):
   """The model the trainer builds for the named training phase of `config`."""
-  model = loop.build_model(config, num_classes=1000)
-  total_steps = loop.total_train_steps(config, STEPS_PER_EPOCH)
-  phases = loop.training_phases(config, model, STEPS_PER_EPOCH, total_steps)
+  model = plan.build_model(config, num_classes=1000)
+  total_steps = plan.total_train_steps(config, STEPS_PER_EPOCH)
+  phases = plan.training_phases(config, model, STEPS_PER_EPOCH, total_steps)
   [phase] = [p for p in phases if p.name == phase_name]
   return model, model.clone(routing=phase.routing, toe=phase.toe)
 
 
 def _optimizer(config):
   """The trainer's (optimizer, learning-rate schedule) for `config`."""
-  total_steps = loop.total_train_steps(config, STEPS_PER_EPOCH)
-  return loop.make_optimizer(config, STEPS_PER_EPOCH, total_steps)
+  total_steps = plan.total_train_steps(config, STEPS_PER_EPOCH)
+  return plan.optimizer_and_schedule(config, STEPS_PER_EPOCH, total_steps)
 
 
 def _abstract_state(config, model, optimizer) -> step_lib.TrainState:
   """The shapes of the trainer's initial state: parameters, optimizer state and any EMA."""
-  return jax.eval_shape(lambda: loop.initial_state(config, model, optimizer))
+  return jax.eval_shape(lambda: plan.initial_state(config, model, optimizer))
 
 
 def _batch(model, **extra_fields) -> dict:
@@ -114,7 +114,7 @@ def _lower_train_step(config, phase_name: str) -> tuple[str, ViT]:
   """Lowered text of the trainer's own step for the phase, and the phase's model."""
   model, phase_model = _phase_model(config, phase_name)
   optimizer, learning_rate = _optimizer(config)
-  step = loop.per_device_train_step(config, phase_model, optimizer, learning_rate)
+  step = plan.per_device_train_step(config, phase_model, optimizer, learning_rate)
   state = _abstract_state(config, model, optimizer)
   return cuda_lowering.lower_for_cuda(step, state, _batch(model)), phase_model
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from skipvit_jax.models import pretrained
-from skipvit_jax.train import checkpointing, loop, stopping
-from tests.test_train import NUM_TEST, NUM_TRAIN, _records, tiny_config
+from skipvit_jax.train import checkpointing, loop, plan, resume, stopping, validation
+from skipvit_jax.train.metrics import read_metrics
+from tests.test_train import NUM_TEST, NUM_TRAIN, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_sigterm_checkpoints_the_last_step_and_the_rerun_ends_bitwise_equal(
   stopped = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
   assert stopped.preempted and stopped.step == FAULT_STEP
   assert checkpointing.Checkpoints(workdir, keep=3).latest_step() == FAULT_STEP
-  records = _records(workdir)
+  records = read_metrics(workdir)
   assert not any("train/finished" in r for r in records)
   # A SIGTERM during the evaluation cuts it short: nothing half-evaluated is recorded.
   assert any("eval/top1" in r for r in records) == (point == "save")
@@ -71,7 +72,7 @@ def test_sigterm_checkpoints_the_last_step_and_the_rerun_ends_bitwise_equal(
   resumed = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=1.0), workdir)
   assert resumed.step == 8 and not resumed.preempted
   assert_bitwise_equal(pretrained._flatten(resumed.params), reference)
-  assert _records(workdir)[-1]["train/finished"] == 1
+  assert read_metrics(workdir)[-1]["train/finished"] == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def test_resuming_with_a_changed_config_lists_the_differences(data_dir, tmp_path
   loop.train_and_evaluate(tiny_config(data_dir, stop_after_step=4), workdir)
   changed = {"routing.drop_ratios": (0.3,), "batch_size": 16, "data.data_dir": data_dir,
              "data.in_memory": False}
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(validation.ConfigError) as error:  # main.py: one line, exit 1
     loop.train_and_evaluate(tiny_config(data_dir, **changed), workdir)
   message = str(error.value)
   assert "routing.drop_ratios: [0.55] -> [0.3]" in message and "batch_size: 32 -> 16" in message
@@ -194,16 +195,25 @@ def test_a_workdir_from_before_data_in_memory_resumes_unchanged(data_dir):
   config = tiny_config(data_dir)
   saved = json.loads(config.to_json())
   del saved["data"]["in_memory"]  # config.json as runs wrote it before the field existed
-  assert loop.resume_differences(saved, config) == []
+  assert resume.resume_differences(saved, config) == []
 
 
 def test_a_workdir_from_before_model_stem_resumes_as_the_patch_stem(data_dir):
   config = tiny_config(data_dir)
   saved = json.loads(config.to_json())
   del saved["model"]["stem"]  # runs before the field existed had the patch embedding
-  assert loop.resume_differences(saved, config) == []
-  assert loop.resume_differences(saved, tiny_config(data_dir, **{"model.stem": "conv"})) == [
+  assert resume.resume_differences(saved, config) == []
+  assert resume.resume_differences(saved, tiny_config(data_dir, **{"model.stem": "conv"})) == [
       "model.stem: 'patch' -> 'conv'"]
+
+
+def test_a_workdir_from_before_model_gelu_resumes_as_the_tanh_gelu(data_dir):
+  config = plan.resolve_choices(tiny_config(data_dir))  # as the trainer compares it
+  saved = json.loads(config.to_json())
+  del saved["model"]["gelu"]  # runs before the field existed had the tanh approximation
+  assert resume.resume_differences(saved, config) == []
+  exact = plan.resolve_choices(tiny_config(data_dir, **{"model.gelu": "exact"}))
+  assert resume.resume_differences(saved, exact) == ["model.gelu: 'tanh' -> 'exact'"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from skipvit_jax.train import loop
+from skipvit_jax.train.metrics import read_metrics
 from skipvit_jax.data import pipeline
 from tests import test_train
 
@@ -48,7 +49,7 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     assert p.returncode == 0, output[-3000:]
 
   # Metrics are written by process 0 only: one metrics file, its records once each.
-  records = test_train._records(tmp_path / "workdir")  # pylint: disable=protected-access
+  records = read_metrics(tmp_path / "workdir")
   assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 6, 8]
 
   # The same run in this process: 2 devices (conftest), the same global batch of 32.

@@ -1,6 +1,5 @@
 """The trainer end to end: main.py, resume, phases, exact evaluation, config errors."""
 
-import json
 import os
 import subprocess
 import sys
@@ -13,8 +12,9 @@ import pytest
 from configs import default
 from skipvit_jax.runtime import distributed
 from skipvit_jax.tools import inspect_run
-from skipvit_jax.train import evaluate, loop, step as step_lib
+from skipvit_jax.train import evaluate, loop, step as step_lib, validation
 from skipvit_jax.train.checkpointing import Checkpoints
+from skipvit_jax.train.metrics import read_metrics
 from skipvit_jax.data import pipeline
 from tests.support.jax_testing import count_compilations, count_traces
 
@@ -54,11 +54,6 @@ def tiny_config(data_dir, **overrides):
   return config
 
 
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
 def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
   workdir = tmp_path / "run"
   # The two CPU devices come from config.num_cpu_devices, not from XLA_FLAGS.
@@ -79,7 +74,7 @@ def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
   result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "devices: 2" in result.stderr
-  records = _records(workdir)
+  records = read_metrics(workdir)
   train_records = [r for r in records if "train/loss" in r]
   eval_records = [r for r in records if "eval/top1" in r]
   assert [r["step"] for r in train_records] == [2, 4, 6, 8]
@@ -110,22 +105,23 @@ def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
   interrupted = tiny_config(data_dir, eval_every_epochs=10.0, stop_after_step=3)
   assert loop.train_and_evaluate(interrupted, str(tmp_path / "resumed")).step == 3
   assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 3
-  assert not any("train/finished" in r for r in _records(tmp_path / "resumed"))
+  assert not any("train/finished" in r for r in read_metrics(tmp_path / "resumed"))
   resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))  # picks up at step 3
   assert straight.step == resumed.step == 8
   assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 8
-  assert _records(tmp_path / "resumed")[-1]["train/finished"] == 1
+  assert read_metrics(tmp_path / "resumed")[-1]["train/finished"] == 1
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
   """Mixup, cutmix, label smoothing, random translation, RandAugment, random erasing,
-  repeated augmentation, the EMA and gradient accumulation in one run; stopped and resumed, it ends where an
-  uninterrupted run does, EMA included (the EMA is in the checkpoint)."""
+  repeated augmentation, the EMA and gradient accumulation in one run; stopped and resumed, it
+  ends where an uninterrupted run does, EMA included (the EMA is in the checkpoint)."""
   recipe = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "label_smoothing": 0.1,
             "data.rand_augment": "rand-m9-mstd0.5-inc1", "data.random_erase": 0.25,
-            "data.random_translate": 2, "data.repeated_augmentations": 3, "ema_decay": 0.9, "grad_accum_steps": 2,
+            "data.random_translate": 2, "data.repeated_augmentations": 3, "ema_decay": 0.9,
+            "grad_accum_steps": 2,
             "batch_size": 24, "num_epochs": 1.2, "eval_every_epochs": 1.0,
             "drop_warmup_epochs": 0.0}  # 5 steps per epoch of 24 = 8 images x 3; 6 steps
   straight = loop.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "a"))
@@ -135,7 +131,7 @@ def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
   assert straight.step == resumed.step == 6
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
-  records = _records(tmp_path / "b")
+  records = read_metrics(tmp_path / "b")
   evals = [r for r in records if "eval_ema/top1" in r]
   assert [r["step"] for r in evals] == [5, 6]
   for r in evals:
@@ -155,7 +151,7 @@ def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
 
 
 def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, monkeypatch):
-  train_steps = count_traces(monkeypatch, training_step, "train_step")
+  train_steps = count_traces(monkeypatch, step_lib, "train_step")
   eval_steps = count_traces(monkeypatch, evaluate, "eval_step")
   loop.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
   # Two train steps (warm-up, then routed) and two eval steps (routed and all tokens), over 8
@@ -222,6 +218,6 @@ def test_train_batches_shard_disjointly_and_resume_by_step(data_dir):
 def test_bad_config_fails_before_compiling(data_dir, tmp_path, overrides, field):
   assert jax.device_count() == 2  # conftest's fake devices: 33 and 15 do not divide
   with count_compilations() as compiles:
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(validation.ConfigError, match=field):  # main.py: one line, exit 1
       loop.train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path))
   assert compiles[0] == 0

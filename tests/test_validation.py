@@ -1,6 +1,7 @@
 """Property tests (hypothesis): every generated config, RoutingConfig and ToE schedule either
 builds and runs a forward pass with exactly the planned token counts, or raises ValueError
-naming the field. Never another exception, never a silently different run."""
+(ConfigError, for a config) naming the field. Never another exception, never a silently
+different run."""
 
 import math
 import re
@@ -12,9 +13,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from configs import default
+from skipvit_jax.data import pipeline
 from skipvit_jax.models import attention, routing, toe
-from skipvit_jax.train import validation
 from skipvit_jax.models.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
+from skipvit_jax.train import plan, validation
 
 FIELD = re.compile(r"\bconfig\.[a-z_]+|RoutingConfig\.[a-z_]+|\b(keep_rates|init_rate|"
                    r"expansion_epochs|substeps|num_patches|epoch):")
@@ -134,12 +136,13 @@ def tiny_base():
 def assert_forward_has_the_planned_token_counts(config) -> None:
   """Every phase's model traced on a batch of 2 (jax.eval_shape: a forward pass without the
   FLOPs): logits, and exactly the planned kept tokens and ToE tokens."""
-  model = validation.build_model(config, num_classes=3)
-  _, _, phases = validation.check_run_length(config, model,
-                                             validation.known_train_size(config))
+  info = pipeline.DatasetInfo(config.data.name, num_classes=3,
+                              num_train=validation.known_train_size(config), num_eval=1,
+                              has_object_masks=False)
+  run = plan.RunPlan.build(config, info)  # the trainer's plan
   size = config.data.image_size
-  for phase in phases:
-    phase_model = model.clone(routing=phase.routing, toe=phase.toe)
+  for phase in run.phases:
+    phase_model = run.model.clone(routing=phase.routing, toe=phase.toe)
     (logits, aux), _ = jax.eval_shape(lambda: phase_model.init_with_output(
         jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False))
     assert logits.shape == (2, 3)
@@ -165,13 +168,13 @@ def test_fuzzed_configs_run_as_planned_or_name_the_field(data):
                      else {name: data.draw(FIELDS[name])})
   config.update_from_flattened_dict(overrides)
   try:
-    resolved = validation.check_config(config)
-  except ValueError as e:
+    validation.check_config(config)
+  except validation.ConfigError as e:  # what main.py reports in one line
     assert FIELD.search(str(e)), f"{e} (from {overrides})"
     event(f"rejected: {FIELD.search(str(e))[0]}")
     return
   event("accepted")
-  assert_forward_has_the_planned_token_counts(resolved)
+  assert_forward_has_the_planned_token_counts(plan.resolve_choices(config))
 
 
 @FUZZ
@@ -253,5 +256,31 @@ def test_fuzzed_toe_schedules_plan_or_name_the_field(fields, num_patches, epoch)
 def test_the_fields_that_used_to_fail_late_fail_first(overrides, field):
   config = tiny_base()
   config.update_from_flattened_dict(overrides)
-  with pytest.raises(ValueError, match=re.escape(field)):
+  with pytest.raises(validation.ConfigError, match=re.escape(field)):
     validation.check_config(config)
+
+
+def test_with_toe_a_drop_layer_before_layer_2_is_the_models_error_naming_the_config():
+  config = tiny_base()
+  config.update_from_flattened_dict({
+      "toe.enabled": True, "toe.expansion_epochs": (0.0, 1.0), "toe.keep_rates": (0.5, 1.0),
+      "routing.drop_layers": (1,), "routing.drop_ratios": (0.5,), "drop_warmup_epochs": 0.0})
+  with pytest.raises(validation.ConfigError) as error:
+    validation.check_config(config)
+  message = str(error.value)
+  assert message.startswith("RoutingConfig.drop_layers: with ToE (after layer 1) drop layers "
+                            "must be in 2..12, got (1,)")  # the model's own message
+  assert message.endswith("(config.routing with config.toe, phase toe_stage1+routed)")
+  config.routing.drop_layers = (2,)
+  validation.check_config(config)
+
+
+def test_a_config_from_before_model_stem_and_gelu_builds_the_patch_stem_and_tanh():
+  config = tiny_base()
+  with config.unlocked():
+    del config.model["stem"]
+    del config.model["gelu"]
+  validation.check_config(config)
+  model = plan.build_model(config, num_classes=3)
+  assert (model.stem, model.gelu) == ("patch", "tanh")
+  assert plan.resolve_choices(config).model.gelu == "tanh"

@@ -2,8 +2,8 @@
 evaluation images, and the model's intermediate decisions on them.
 
 A workdir written by `loop.train_and_evaluate` holds config.json and orbax checkpoints of the
-whole train state; the checkpoint is restored into a template built the way the trainer builds
-its state, then only the parameters are kept.
+whole train state; the checkpoint is restored into a template built by the trainer's own
+builders (skipvit_jax/train/plan.py), then only the parameters are kept.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from skipvit_jax.train import checkpointing, loop, optim
-from skipvit_jax.models import toe as toe_lib
 from skipvit_jax.data import pipeline
-from skipvit_jax.models.vit import ViT
+from skipvit_jax.models import toe as toe_lib
 from skipvit_jax.models.routing import RoutingConfig
+from skipvit_jax.models.vit import ViT
+from skipvit_jax.train import checkpointing, optim, plan, resume
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class TrainedRun:
   config: ml_collections.ConfigDict  # the run's config.json
   model: ViT  # the configured model with its routing and without ToE (what eval/top1 ran)
   params: Any  # numpy parameters of the latest checkpoint
@@ -36,11 +36,11 @@ class Run:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config the trainer wrote to workdir/config.json."""
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+  with open(os.path.join(workdir, resume.CONFIG_FILE), encoding="utf-8") as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_run(workdir: str, *, num_classes: int | None = None) -> Run:
+def load_run(workdir: str, *, num_classes: int | None = None) -> TrainedRun:
   """The latest checkpoint of a training workdir.
 
   Args:
@@ -48,21 +48,21 @@ def load_run(workdir: str, *, num_classes: int | None = None) -> Run:
     num_classes: the classifier's size; None opens the run's dataset to read it.
 
   Returns:
-    The Run. Raises FileNotFoundError when the workdir has no checkpoint.
+    The TrainedRun. Raises FileNotFoundError when the workdir has no checkpoint.
   """
   config = load_config(workdir)
   if num_classes is None:
     num_classes = pipeline.load_sources(config.data).info.num_classes
-  model = loop.build_model(config, num_classes)
+  model = plan.build_model(config, num_classes)
   # The optimizer only shapes the restore template; its schedule's values do not matter.
   optimizer = optim.make_optimizer(config.optimizer, optax.constant_schedule(config.optimizer.lr))
-  template = jax.device_get(loop.initial_state(config, model, optimizer))
+  template = jax.device_get(plan.initial_state(config, model, optimizer))
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   state = checkpoints.restore_latest(template)
   checkpoints.close()
   if state is None:
     raise FileNotFoundError(f"{workdir}: no checkpoint in {workdir}/checkpoints")
-  return Run(config, model, state.params, int(state.step), state.ema_params)
+  return TrainedRun(config, model, state.params, int(state.step), state.ema_params)
 
 
 def eval_examples(config: ml_collections.ConfigDict, count: int) -> dict[str, np.ndarray]:

@@ -1,5 +1,10 @@
 """The trainer: `train_and_evaluate(config, workdir)`.
 
+config -> plan -> data -> model -> loss -> update -> metrics: validation.py checks the config,
+plan.py builds the run from it (model, phases, optimizer, step counts), data/pipeline.py feeds
+it, step.py is the compiled step (loss and update), metrics.py and evaluate.py record it. This
+module holds only the loop and its parts.
+
 Data parallel with `jax.pmap` over the local devices (gradients averaged with `pmean` over
 every device of every host). Each training phase (see phases.py) is one compiled step,
 compiled when the phase is first reached. The RNG of step s is `fold_in(key(seed), s)`
@@ -16,179 +21,46 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
-import os
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
+from skipvit_jax.data import pipeline
 from skipvit_jax.models import flops, pretrained
 from skipvit_jax.runtime import distributed, parallel
-from skipvit_jax.train import checkpointing, evaluate, optim, phases as phases_lib, step as step_lib, stopping, validation
-from skipvit_jax.data import pipeline
+from skipvit_jax.train import (checkpointing, evaluate, phases as phases_lib, plan as plan_lib,
+                               resume, step as step_lib, stopping, validation)
 from skipvit_jax.train.metrics import MetricWriter
-from skipvit_jax.models.vit import ViT
-from skipvit_jax.models.routing import RoutingConfig
 from skipvit_jax.train.throughput import ThroughputMeter, format_duration
-# The config -> model and schedule builders, here where the trainer's users look for them.
-from skipvit_jax.train.validation import (build_model, routing_config, toe_schedule,  # pylint: disable=unused-import
-                                    total_train_steps)
-
-AXIS = parallel.AXIS
 
 
 class NonFiniteError(FloatingPointError):
-  """Raised when a step produces a NaN/inf loss or gradient."""
+  """A step produced a NaN/inf loss or gradient; the last finite state is checkpointed."""
+
+  def __init__(self, step: int, loss: float, grad_norm: float):
+    self.step = step
+    super().__init__(f"step {step}: loss or gradient is not finite (loss={loss}, "
+                     f"grad_norm={grad_norm}); stopping. Neither this step's update nor a later "
+                     f"one was applied: the checkpoint at step {step - 1} holds the last finite "
+                     "state.")
 
 
 # --------------------------------------------------------------------------------------------
-# The run's plan: model, phases and optimizer, from a validated config.
+# The parts of the loop.
 
 
-def training_phases(config: ml_collections.ConfigDict, model: ViT, steps_per_epoch: int,
-                    total_steps: int) -> tuple[phases_lib.Phase, ...]:
-  """The run's training phases (drop warm-up, routing, ToE stages), each one compiled step."""
-  return phases_lib.make_phases(
-      routing=model.routing, total_steps=total_steps,
-      drop_warmup_steps=int(round(config.drop_warmup_epochs * steps_per_epoch)),
-      toe=toe_schedule(config, model.num_patches), steps_per_epoch=steps_per_epoch,
-      num_patches=model.num_patches,
-  )
-
-
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, learning-rate schedule) of the run."""
-  learning_rate = optim.learning_rate_schedule(
-      base_lr=config.optimizer.lr, warmup_lr=config.optimizer.warmup_lr,
-      warmup_steps=int(round(config.optimizer.warmup_epochs * steps_per_epoch)),
-      total_steps=total_steps, min_lr=config.optimizer.min_lr,
-  )
-  return optim.make_optimizer(config.optimizer, learning_rate), learning_rate
-
-
-def per_device_train_step(config: ml_collections.ConfigDict, model: ViT,
-                          optimizer: optax.GradientTransformation,
-                          learning_rate: optax.Schedule) -> Callable:
-  """`step_lib.train_step` bound to one phase's model: what the trainer pmaps over the
-  axis `AXIS` (and what tests/test_cuda_lowering.py lowers for GPUs)."""
-  regularization = step_lib.Regularization(
-      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
-      cutmix_alpha=config.cutmix_alpha, mix_switch_prob=config.mix_switch_prob,
-  )
-  return functools.partial(
-      step_lib.train_step, model=model, optimizer=optimizer, learning_rate=learning_rate,
-      regularization=regularization, seed=config.seed,
-      grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
-  )
-
-
-def initial_state(config: ml_collections.ConfigDict, model: ViT,
-                  optimizer: optax.GradientTransformation) -> step_lib.TrainState:
-  """The run's fresh state: parameters from key(config.seed) (they do not depend on routing or
-  ToE), the optimizer's state, and the EMA when config.ema_decay > 0. Also the template a
-  checkpoint of the run restores into."""
-  return step_lib.init_state(model.clone(routing=RoutingConfig(), toe=None), optimizer,
-                                  config.seed, ema=config.ema_decay > 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPlan:
-  """Everything about a run that the config and the dataset decide, before any compilation."""
-  model: ViT  # with the config's routing, without ToE (what evaluation runs)
-  steps_per_epoch: int
-  total_steps: int
-  phases: tuple[phases_lib.Phase, ...]
-  optimizer: optax.GradientTransformation
-  learning_rate: optax.Schedule
-
-  @classmethod
-  def build(cls, config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> "RunPlan":
-    model = build_model(config, info.num_classes)
-    steps_per_epoch, total_steps, phases = validation.check_run_length(config, model,
-                                                                       info.num_train)
-    optimizer, learning_rate = make_optimizer(config, steps_per_epoch, total_steps)
-    return cls(model, steps_per_epoch, total_steps, phases, optimizer, learning_rate)
-
-  @property
-  def flop_args(self) -> dict:
-    """The model's arguments to the skipvit_jax.models.flops functions, besides its variant."""
-    return dict(image_size=self.model.image_size, num_classes=self.model.num_classes,
-                stem=self.model.stem)
-
-  def log(self, config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> float:
-    """Logs the config, devices, data and each phase's cost; returns the whole-run FLOP-ideal
-    speedup."""
-    model, flop_args = self.model, self.flop_args
-    run_speedup = flops.schedule_speedup(model.variant, phases=self.phases, **flop_args)
-    logging.info("config:\n%s", config)
-    logging.info("devices: %d (%d per process, %d processes), kind %s", jax.device_count(),
-                 jax.local_device_count(), jax.process_count(), jax.devices()[0].device_kind)
-    logging.info("data: %s, %d train / %d eval examples, %d steps per epoch, %d steps",
-                 info.name, info.num_train, info.num_eval, self.steps_per_epoch, self.total_steps)
-    for phase in self.phases:
-      macs = flops.forward_macs(model.variant, routing=phase.routing, toe=phase.toe, **flop_args)
-      logging.info(
-          "phase %-22s steps %d..%d: %.4f GMACs per image forward, FLOP-ideal speedup %.3fx",
-          phase.name, phase.start_step, phase.end_step - 1, macs.total / 1e9,
-          flops.ideal_speedup(model.variant, routing=phase.routing, toe=phase.toe, **flop_args))
-    logging.info("routing %s; whole-run FLOP-ideal speedup %.3fx", model.routing, run_speedup)
-    return run_speedup
-
-
-# --------------------------------------------------------------------------------------------
-# Resuming.
-
-# The fields a resumed run must share with the run that wrote the workdir (config.json): what
-# the parameters, the token layouts and the data order depend on. Where and how fast data is
-# read may change.
-RESUME_FIELDS = ("seed", "model", "routing", "drop_warmup_epochs", "toe", "data", "batch_size",
-                 "grad_accum_steps")
-RESUME_FREE = ("data.data_dir", "data.source_dir", "data.num_threads", "data.in_memory")
-# Fields added after workdirs were first written, with the value every earlier run had: an old
-# config.json without them describes the same run.
-ADDED_FIELDS = {"model.stem": "patch"}
-
-
-def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """"field: saved -> now" for every RESUME_FIELDS leaf that differs."""
-  def leaves(tree, prefix=""):
-    if isinstance(tree, dict):
-      for key, value in tree.items():
-        yield from leaves(value, f"{prefix}{key}.")
-    else:
-      yield prefix[:-1], tree
-
-  current = json.loads(config.to_json())  # as config.json has it: tuples are lists
-  now = {**ADDED_FIELDS, **dict(leaves({k: current[k] for k in RESUME_FIELDS if k in current}))}
-  before = {**ADDED_FIELDS, **dict(leaves({k: saved[k] for k in RESUME_FIELDS if k in saved}))}
-  return [f"{name}: {before.get(name, '(absent)')!r} -> {now.get(name, '(absent)')!r}"
-          for name in sorted(set(now) | set(before))
-          if name not in RESUME_FREE and now.get(name) != before.get(name)]
-
-
-def restore_or_initialise(config: ml_collections.ConfigDict, plan: RunPlan,
+def restore_or_initialise(config: ml_collections.ConfigDict, plan: plan_lib.RunPlan,
                           checkpoints: checkpointing.Checkpoints,
                           workdir: str) -> step_lib.TrainState:
-  """The latest restorable checkpoint (its config must match, see RESUME_FIELDS), else the
+  """The latest restorable checkpoint (of the same run: resume.check_same_run), else the
   parameters of config.init_from, else fresh ones."""
-  state = initial_state(config, plan.model, plan.optimizer)
-  config_path = os.path.join(workdir, "config.json")
-  if checkpoints.latest_step() is not None and os.path.exists(config_path):
-    with open(config_path, encoding="utf-8") as f:
-      changed = resume_differences(json.load(f), config)
-    if changed and not config.allow_resume_with_changes:
-      raise ValueError(
-          f"config: {workdir} holds a run with other settings than this config's, so resuming "
-          f"it would not continue that run: {'; '.join(changed)}. Use another --workdir, or set "
-          "config.allow_resume_with_changes=True to resume anyway.")
-    if changed:
-      logging.warning("resuming with changed settings (allowed): %s", "; ".join(changed))
+  state = plan_lib.initial_state(config, plan.model, plan.optimizer)
+  if checkpoints.latest_step() is not None:
+    resume.check_same_run(config, workdir)
   restored = checkpoints.restore_latest(jax.device_get(state))
   if restored is not None:
     if config.init_from:
@@ -202,14 +74,10 @@ def restore_or_initialise(config: ml_collections.ConfigDict, plan: RunPlan,
   return state
 
 
-# --------------------------------------------------------------------------------------------
-# The parts of the loop.
-
-
 class PhaseSteps:
   """One compiled (pmapped) train step per phase layout, compiled when first needed."""
 
-  def __init__(self, config: ml_collections.ConfigDict, plan: RunPlan):
+  def __init__(self, config: ml_collections.ConfigDict, plan: plan_lib.RunPlan):
     self._config, self._plan = config, plan
     self._steps: dict[tuple, Any] = {}
 
@@ -219,8 +87,9 @@ class PhaseSteps:
       return self._steps[phase.key], False
     model = self._plan.model.clone(routing=phase.routing, toe=phase.toe)
     self._steps[phase.key] = jax.pmap(
-        per_device_train_step(self._config, model, self._plan.optimizer, self._plan.learning_rate),
-        axis_name=AXIS, donate_argnums=(0,))
+        plan_lib.per_device_train_step(self._config, model, self._plan.optimizer,
+                                       self._plan.learning_rate),
+        axis_name=parallel.AXIS, donate_argnums=(0,))
     return self._steps[phase.key], True
 
 
@@ -275,18 +144,8 @@ class Progress:
     self._loss, self._steps = 0.0, 0
 
 
-class NonFiniteError(FloatingPointError):
-  """A step produced a NaN/inf loss or gradient; the last finite state is checkpointed."""
-
-  def __init__(self, step: int, loss: float, grad_norm: float):
-    self.step = step
-    super().__init__(f"step {step}: loss or gradient is not finite (loss={loss}, "
-                     f"grad_norm={grad_norm}); stopping. Neither this step's update nor a later "
-                     f"one was applied: the checkpoint at step {step - 1} holds the last finite "
-                     "state.")
-
-
 # --------------------------------------------------------------------------------------------
+# The loop.
 
 
 @dataclasses.dataclass
@@ -301,20 +160,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one."""
   distributed.use_cpu_devices(config.num_cpu_devices)
   distributed.maybe_initialize()
-  config = validation.check_config(config)  # before any data is generated or compiled
-  sources = pipeline.load_sources(config.data)
+  validation.check_config(config)  # before any data is generated or anything compiles
+  config = plan_lib.resolve_choices(config)
+  try:
+    sources = pipeline.load_sources(config.data)
+  except ValueError as e:  # a dataset it cannot open, the config field named
+    raise validation.ConfigError(str(e)) from None
   info = sources.info
-  plan = RunPlan.build(config, info)  # the run length against the dataset's size
+  validation.check_run_length(config, info.num_train)  # now that the dataset's size is known
+  plan = plan_lib.RunPlan.build(config, info)
   run_speedup = plan.log(config, info)
 
   with contextlib.ExitStack() as exits:  # closes checkpoints and metric files on every exit
-    checkpoints = exits.enter_context(checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints))
+    checkpoints = exits.enter_context(checkpointing.Checkpoints(workdir,
+                                                                keep=config.keep_checkpoints))
     state = restore_or_initialise(config, plan, checkpoints, workdir)
     start_step = int(state.step)
     writer = exits.enter_context(contextlib.closing(MetricWriter(workdir)))
-    if jax.process_index() == 0:  # what produced this workdir, for notebooks and sweeps
-      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json(indent=1))
+    if jax.process_index() == 0:
+      resume.write_config(config, workdir)
     if start_step == 0:
       writer.write_text(0, "config", str(config))
       writer.write(0, {"flops/ideal_speedup": flops.ideal_speedup(
@@ -338,7 +202,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             config.data.rand_augment, config.data.random_erase,
             int(config.data.random_translate)),
         repeats=config.data.repeated_augmentations)
-    eval_every = max(int(round(config.eval_every_epochs * plan.steps_per_epoch)), 1)
     stop_after = config.stop_after_step if config.stop_after_step >= 0 else plan.total_steps
 
     # ---- the loop
@@ -368,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         applied, step = metrics["finite"], step + 1
         faults.at("step", step)
         progress.dispatched(step, metrics, compiled=compiles)
-        due_eval = step % eval_every == 0 or step == plan.total_steps
+        due_eval = step % plan.eval_every_steps == 0 or step == plan.total_steps
         due_save = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
         if due_eval or due_save or step >= stop_after or stop.requested:
           progress.flush()

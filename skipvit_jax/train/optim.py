@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
+
 def learning_rate_schedule(
     *, base_lr: float, warmup_lr: float, warmup_steps: int, total_steps: int, min_lr: float
 ) -> optax.Schedule:

@@ -1,5 +1,5 @@
 """Config validation: every field of a training config checked before any data is generated or
-anything compiles. A bad value raises ValueError naming the field (`config.<field>`, or
+anything compiles. A bad value raises ConfigError naming the field (`config.<field>`, or
 `RoutingConfig.<field>` for the routing) and the values it allows.
 
 `check_config` runs everything that needs neither the dataset nor a compiler: value ranges and
@@ -8,33 +8,49 @@ ToE against the routing), batch divisibility over the devices and, where the tra
 size is known from the config (the synthetic data, Fashion-MNIST), the run length against the
 drop warm-up and the ToE schedule. `check_run_length` repeats the last part once a TFDS
 dataset is opened and its size known.
+
+Validation builds nothing of its own: where a check is that a part of the run builds (the model,
+its routing, each phase's token layout), it calls plan.py's builder and turns the builder's
+ValueError into a ConfigError that names the config field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from numbers import Real
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 
-from skipvit_jax.models import attention, pretrained
-from skipvit_jax.train import phases as phases_lib
 from skipvit_jax.data import fashion_mnist, pipeline, randaugment
+from skipvit_jax.data.synthetic import IMAGE_SIZE_RANGE
+from skipvit_jax.models import attention
+from skipvit_jax.models.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES
 from skipvit_jax.models.variants import conv_stem_channels, decode_variant
-from skipvit_jax.models.vit import DTYPES, GELUS, STEMS, ViT
-from skipvit_jax.models.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
+from skipvit_jax.models.vit import DTYPES, GELUS, STEMS
+from skipvit_jax.train import plan
 
-_SYNTHETIC_SIZES = (32, 224)  # skipvit_jax.data.synthetic.IMAGE_SIZE_RANGE
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the field (`config.<field>`)."""
+
+
+@contextlib.contextmanager
+def _naming(prefix: str = "", suffix: str = "") -> Iterator[None]:
+  """A builder's ValueError inside the block as a ConfigError: prefix + its message + suffix."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(f"{prefix}{e}{suffix}") from None
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:
-  node = config
-  for name in field.split("."):
-    node = node[name]
-  return node
+  return plan.config_value(config, field)
 
 
 def _number(config, field: str, *, low: float | None = None, high: float | None = None,
@@ -54,19 +70,24 @@ def _number(config, field: str, *, low: float | None = None, high: float | None 
       bounds.append(f"{'>' if low_open else '>='} {low:g}")
     if high is not None:
       bounds.append(f"{'<' if high_open else '<='} {high:g}")
-    raise ValueError(f"config.{field}: must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}"
-                     f", got {value!r}")
+    raise ConfigError(f"config.{field}: must be {kind}"
+                      f"{' ' + ' and '.join(bounds) if bounds else ''}, got {value!r}")
 
 
 def _choice(config, field: str, allowed) -> None:
   value = _get(config, field)
   if value not in allowed:
-    raise ValueError(f"config.{field}: must be one of {tuple(allowed)}, got {value!r}")
+    raise ConfigError(f"config.{field}: must be one of {tuple(allowed)}, got {value!r}")
 
 
 def _flag(config, field: str) -> None:
   if not isinstance(_get(config, field), bool):
-    raise ValueError(f"config.{field}: must be True or False, got {_get(config, field)!r}")
+    raise ConfigError(f"config.{field}: must be True or False, got {_get(config, field)!r}")
+
+
+def _string(config, field: str) -> None:
+  if not isinstance(_get(config, field), str):
+    raise ConfigError(f"config.{field}: must be a string, got {_get(config, field)!r}")
 
 
 def _tuple(config, field: str, *, integer: bool) -> tuple:
@@ -74,14 +95,24 @@ def _tuple(config, field: str, *, integer: bool) -> tuple:
   kind = int if integer else Real
   if not isinstance(value, (tuple, list)) or not all(
       isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) for v in value):
-    raise ValueError(f"config.{field}: must be a tuple of {'integers' if integer else 'numbers'}, "
-                     f"got {value!r}")
+    raise ConfigError(f"config.{field}: must be a tuple of "
+                      f"{'integers' if integer else 'numbers'}, got {value!r}")
   return tuple(value)
 
 
-def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
-  """config.routing as a RoutingConfig (which validates itself)."""
-  r = config.routing
+def _check_init_from(config: ml_collections.ConfigDict) -> None:
+  """config.init_from names a checkpoint that exists, and model.gelu resolves against it."""
+  if not isinstance(config.init_from, str):
+    raise ConfigError(f"config.init_from: must be a path (a string), got {config.init_from!r}")
+  if config.init_from and not os.path.exists(config.init_from):
+    raise ConfigError(f"config.init_from: no checkpoint at {config.init_from!r} (a .npz, "
+                      ".safetensors or .pth file, or a skipvit_jax workdir)")
+  _choice(config, "model.gelu", ("auto", *GELUS))
+  with _naming("config.init_from: "):
+    plan.resolve_choices(config)
+
+
+def _check_routing(config: ml_collections.ConfigDict) -> None:
   _tuple(config, "routing.drop_layers", integer=True)
   _tuple(config, "routing.drop_ratios", integer=False)
   _number(config, "routing.return_layer", low=0, integer=True)
@@ -90,120 +121,60 @@ def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
   _choice(config, "routing.ratio_of", RATIO_BASES)
   _choice(config, "routing.score", SCORES)
   _flag(config, "routing.fuse_normalize")
-  return RoutingConfig(
-      drop_layers=tuple(r.drop_layers), drop_ratios=tuple(r.drop_ratios),
-      return_layer=r.return_layer if r.return_layer else None, mode=r.mode,
-      drop_point=r.drop_point, ratio_of=r.ratio_of, fuse_normalize=r.fuse_normalize,
-      score=r.score,
-  )
+  with _naming(suffix=" (config.routing)"):
+    plan.routing_config(config)
 
 
-def toe_schedule(config: ml_collections.ConfigDict, num_patches: int) -> phases_lib.ToESchedule | None:
-  """The configured ToE schedule, checked against the model's patch count; None when off."""
+def _check_toe(config: ml_collections.ConfigDict, num_patches: int) -> None:
+  """The ToE schedule, where enabled, plans for the model's patch count."""
   _flag(config, "toe.enabled")
   _flag(config, "toe.sparse_eval")
   if not config.toe.enabled:
-    return None
-  t = config.toe
+    return
   epochs = _tuple(config, "toe.expansion_epochs", integer=False)
   if any(e < 0 for e in epochs):
-    raise ValueError(f"config.toe.expansion_epochs: epochs must be >= 0, got {epochs}")
+    raise ConfigError(f"config.toe.expansion_epochs: epochs must be >= 0, got {epochs}")
   _tuple(config, "toe.keep_rates", integer=False)
   _number(config, "toe.init_rate", low=0, high=1, low_open=True)
   _number(config, "toe.substeps", low=1, integer=True)
-  toe = phases_lib.ToESchedule(expansion_epochs=epochs, keep_rates=tuple(t.keep_rates),
-                             init_rate=t.init_rate, substeps=int(t.substeps))
-  try:
-    toe.plan(num_patches, epoch=0)
-  except ValueError as e:
-    raise ValueError(f"config.toe.{e}") from None
-  return toe
+  with _naming("config.toe."):
+    plan.toe_schedule(config).plan(num_patches, epoch=0)
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int,
-                routing: RoutingConfig | None = None) -> ViT:
-  """The config's ViT (its routing unless `routing` is given; no ToE: phases add it)."""
-  _choice(config, "model.dtype", DTYPES)
-  # Configs written before the GELU was a choice ran the tanh approximation.
-  gelu = pretrained.gelu_for(config.model.get("gelu", "tanh"), config.get("init_from", ""))
-  return ViT(
-      variant=config.model.variant,
-      num_classes=num_classes,
-      image_size=config.data.image_size,
-      dropout_rate=config.model.dropout_rate,
-      stochastic_depth=config.model.stochastic_depth,
-      routing=routing if routing is not None else routing_config(config),
-      attention=config.model.attention,
-      dtype=DTYPES[config.model.dtype],
-      remat=config.model.remat,
-      gelu=gelu,
-      stem=config.model.get("stem", "patch"),  # configs written before the stem was a choice
-  )
-
-
-def resolve_choices(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of `config` with its "auto" choices made, as the run's config.json records them:
-  config.model.gelu "auto" becomes the GELU of config.init_from's checkpoint family (tanh
-  without one)."""
-  if not isinstance(config.init_from, str):
-    raise ValueError(f"config.init_from: must be a path (a string), got {config.init_from!r}")
-  if config.init_from and not os.path.exists(config.init_from):
-    raise ValueError(f"config.init_from: no checkpoint at {config.init_from!r} (a .npz, "
-                     ".safetensors or .pth file, or a skipvit_jax workdir)")
-  _choice(config, "model.gelu", ("auto", *GELUS))
-  resolved = ml_collections.ConfigDict(config.to_dict())
-  try:
-    resolved.model.gelu = pretrained.gelu_for(config.model.gelu, config.init_from)
-  except ValueError as e:
-    raise ValueError(f"config.init_from: {e}") from None
-  return resolved
-
-
-def check_model(config: ml_collections.ConfigDict, num_classes: int = 2) -> ViT:
-  """The model the config describes (without ToE): variant, image size, routing, the rest."""
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  """The model the config describes (without ToE): variant, image size, stem, routing, the
+  rest; then the ToE schedule against its patch count."""
   for field in ("model.variant", "model.attention", "model.dtype", "data.name"):
-    if not isinstance(_get(config, field), str):
-      raise ValueError(f"config.{field}: must be a string, got {_get(config, field)!r}")
-  try:
-    decode_variant(config.model.variant)
-  except ValueError as e:
-    raise ValueError(f"config.{e}") from None
+    _string(config, field)
+  with _naming("config."):
+    dims = decode_variant(config.model.variant)
   _number(config, "data.image_size", low=1, integer=True)
   _number(config, "model.dropout_rate", low=0, high=1, high_open=True)
   _number(config, "model.stochastic_depth", low=0, high=1, high_open=True)
   _choice(config, "model.dtype", DTYPES)
   _choice(config, "model.attention", attention.IMPLEMENTATIONS)
+  _choice(config, "model.stem", STEMS)
   _flag(config, "model.remat")
-  routing = routing_config(config)
-  dims = decode_variant(config.model.variant)
-  patch = dims.patch_size
-  if config.data.image_size % patch:
-    raise ValueError(f"config.data.image_size: must be a multiple of the patch size {patch} of "
-                     f"{config.model.variant}, got {config.data.image_size}")
-  if "stem" in config.model:
-    _choice(config, "model.stem", STEMS)
-    if config.model.stem == "conv":
-      try:
-        conv_stem_channels(dims.width, patch)
-      except ValueError as e:
-        raise ValueError(f"config.model.{e} ({config.model.variant}), or 'patch'") from None
-  model = build_model(config, num_classes, routing)
-  try:
-    model.routing_plan
-  except ValueError as e:
-    raise ValueError(f"{e} (config.routing)") from None
-  return model
+  _check_routing(config)
+  if config.data.image_size % dims.patch_size:
+    raise ConfigError(f"config.data.image_size: must be a multiple of the patch size "
+                      f"{dims.patch_size} of {config.model.variant}, got {config.data.image_size}")
+  if _get(config, "model.stem") == "conv":
+    with _naming("config.model.", f" ({config.model.variant}), or 'patch'"):
+      conv_stem_channels(dims.width, dims.patch_size)
+  with _naming(suffix=" (config.routing)"):
+    model = plan.build_model(config, num_classes=2)  # plans the routing for depth and patches
+  _check_toe(config, model.num_patches)
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
   data = config.data
   for field in ("data.train_split", "data.eval_split", "data.data_dir", "data.source_dir",
                 "data.rand_augment", "data.normalization"):
-    if not isinstance(_get(config, field), str):
-      raise ValueError(f"config.{field}: must be a string, got {_get(config, field)!r}")
+    _string(config, field)
   if not data.name:
-    raise ValueError("config.data.name: must name a dataset ('synthetic', 'fashion_mnist' or a "
-                     "TFDS name), got ''")
+    raise ConfigError("config.data.name: must name a dataset ('synthetic', 'fashion_mnist' or "
+                      "a TFDS name), got ''")
   _choice(config, "data.normalization", ("dataset", *pipeline.NORMALIZATIONS))
   _number(config, "data.num_threads", low=1, integer=True)
   _flag(config, "data.in_memory")
@@ -211,25 +182,23 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   _number(config, "data.random_translate", low=0, integer=True)
   size = data.image_size  # its own checks come with the model's
   if isinstance(size, int) and size > 0 and data.random_translate >= size / 2:
-    raise ValueError(f"config.data.random_translate: must be below half of data.image_size "
-                     f"({size}), got {data.random_translate}")
+    raise ConfigError(f"config.data.random_translate: must be below half of data.image_size "
+                      f"({size}), got {data.random_translate}")
   _number(config, "data.repeated_augmentations", low=1, integer=True)
   if data.rand_augment:
-    try:
+    with _naming("config.data.rand_augment: "):
       randaugment.parse_rand_augment(data.rand_augment)
-    except ValueError as e:
-      raise ValueError(f"config.data.rand_augment: {e}") from None
   if data.name == pipeline.SYNTHETIC:
     _number(config, "data.synthetic.num_train", low=1, integer=True)
     _number(config, "data.synthetic.num_test", low=1, integer=True)
     _number(config, "data.synthetic.seed", low=0, integer=True)
-    low, high = _SYNTHETIC_SIZES
+    low, high = IMAGE_SIZE_RANGE
     if not low <= data.image_size <= high:
-      raise ValueError(f"config.data.image_size: the synthetic data is rendered at {low}..{high} "
-                       f"px, got {data.image_size}")
+      raise ConfigError(f"config.data.image_size: the synthetic data is rendered at "
+                        f"{low}..{high} px, got {data.image_size}")
   if data.name == pipeline.FASHION_MNIST and data.image_size != fashion_mnist.IMAGE_SIZE:
-    raise ValueError(f"config.data.image_size: Fashion-MNIST's images are "
-                     f"{fashion_mnist.IMAGE_SIZE} px, got {data.image_size}")
+    raise ConfigError(f"config.data.image_size: Fashion-MNIST's images are "
+                      f"{fashion_mnist.IMAGE_SIZE} px, got {data.image_size}")
 
 
 def _check_optimization(config: ml_collections.ConfigDict) -> None:
@@ -253,8 +222,8 @@ def _check_optimization(config: ml_collections.ConfigDict) -> None:
   _number(config, "drop_warmup_epochs", low=0)
   _number(config, "num_train_steps", low=-1, integer=True)
   if config.num_train_steps == 0:
-    raise ValueError("config.num_train_steps: must be > 0, or -1 to train config.num_epochs, "
-                     "got 0")
+    raise ConfigError("config.num_train_steps: must be > 0, or -1 to train config.num_epochs, "
+                      "got 0")
   if config.num_train_steps < 0:
     _number(config, "num_epochs", low=0, low_open=True)
   _number(config, "log_every_steps", low=1, integer=True)
@@ -265,21 +234,21 @@ def _check_optimization(config: ml_collections.ConfigDict) -> None:
   _flag(config, "allow_resume_with_changes")
 
 
-def check_batch_sizes(config: ml_collections.ConfigDict) -> None:
+def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     _number(config, field, low=1, integer=True)
     if config[field] % devices:
-      raise ValueError(
+      raise ConfigError(
           f"config.{field}: must be a positive multiple of the {devices} devices "
           f"({jax.process_count()} processes x {jax.local_device_count()} local), got "
           f"{config[field]}")
   if config.batch_size % (devices * config.grad_accum_steps):
-    raise ValueError(
+    raise ConfigError(
         f"config.grad_accum_steps: must divide the per-device batch {config.batch_size} / "
         f"{devices} into equal micro-batches, got {config.grad_accum_steps}")
   if config.batch_size % config.data.repeated_augmentations:
-    raise ValueError(
+    raise ConfigError(
         f"config.data.repeated_augmentations: must divide config.batch_size "
         f"{config.batch_size}, got {config.data.repeated_augmentations}")
 
@@ -293,62 +262,44 @@ def known_train_size(config: ml_collections.ConfigDict) -> int | None:
   return None
 
 
-def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  """config.num_train_steps when > 0, else config.num_epochs of `steps_per_epoch` (>= 1)."""
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  return max(int(round(config.num_epochs * steps_per_epoch)), 1)
-
-
-def check_run_length(config: ml_collections.ConfigDict, model: ViT, num_train: int
-                     ) -> tuple[int, int, tuple[phases_lib.Phase, ...]]:
-  """(steps per epoch, total steps, phases) of the run; the drop warm-up and ToE must fit it:
-  a routed config that would never route, or a ToE config that would never reduce, is an
-  error."""
+def check_run_length(config: ml_collections.ConfigDict, num_train: int) -> None:
+  """The run on `num_train` training examples has a step, and its drop warm-up and ToE fit it:
+  a routed config that would never route, or a ToE config that would never reduce, is an error,
+  as is a phase whose token layout does not build (ToE's tokens against the routing)."""
   steps_per_epoch = pipeline.steps_per_epoch(num_train, config.batch_size)
   if steps_per_epoch < 1:
-    raise ValueError(f"config.batch_size: {config.batch_size} exceeds the {num_train} training "
-                     f"examples")
-  total = total_train_steps(config, steps_per_epoch)
-  warmup_steps = int(round(config.drop_warmup_epochs * steps_per_epoch))
+    raise ConfigError(f"config.batch_size: {config.batch_size} exceeds the {num_train} "
+                      "training examples")
+  model = plan.build_model(config, num_classes=2)
+  total = plan.total_train_steps(config, steps_per_epoch)
+  warmup_steps = plan.drop_warmup_steps(config, steps_per_epoch)
   if model.routing.routes and warmup_steps >= total:
-    raise ValueError(
+    raise ConfigError(
         f"config.drop_warmup_epochs: the run trains {total} steps and the drop warm-up lasts "
         f"{warmup_steps} ({config.drop_warmup_epochs:g} epochs of {steps_per_epoch} steps), so "
         "the routing would never drop a token; make the warm-up shorter than the run or remove "
         "the routing")
-  toe = toe_schedule(config, model.num_patches)
-  if toe is not None and model.routing.routes and model.routing.drop_layers[0] < 2:
-    raise ValueError(f"RoutingConfig.drop_layers: with ToE (after layer 1) drop layers must be "
-                     f"2 or later, got {model.routing.drop_layers} (config.routing.drop_layers)")
-  phases = phases_lib.make_phases(
-      routing=model.routing, total_steps=total, drop_warmup_steps=warmup_steps, toe=toe,
-      steps_per_epoch=steps_per_epoch, num_patches=model.num_patches)
-  if toe is not None and all(phase.toe is None for phase in phases):
-    raise ValueError(
+  phases = plan.training_phases(config, model, steps_per_epoch, total)
+  if config.toe.enabled and all(phase.toe is None for phase in phases):
+    raise ConfigError(
         f"config.toe.expansion_epochs: no stage that reduces tokens starts within the run's "
         f"{total} steps ({total / steps_per_epoch:g} epochs), so ToE would never act; got "
         f"{tuple(config.toe.expansion_epochs)}")
-  for phase in phases:  # each phase's layout must build (ToE's tokens against the routing)
-    try:
+  for phase in phases:  # the model checks each layout (with ToE, drop layers from 2 on)
+    with _naming(suffix=f" (config.routing with config.toe, phase {phase.name})"):
       model.clone(routing=phase.routing, toe=phase.toe)
-    except ValueError as e:
-      raise ValueError(f"{e} (config.routing with config.toe, phase {phase.name})") from None
-  return steps_per_epoch, total, phases
 
 
-def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Every check that needs neither data nor compilation (see the module docstring); returns
-  the config with its "auto" choices resolved (`resolve_choices`)."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every check that needs neither data nor compilation (see the module docstring)."""
   if "allow_resume_with_changes" not in config:
-    raise ValueError("config.allow_resume_with_changes: missing; configs start from "
-                     "configs/common.py's base_config()")
-  config = resolve_choices(config)
+    raise ConfigError("config.allow_resume_with_changes: missing; configs start from "
+                      "configs/common.py's base_config()")
+  _check_init_from(config)
   _check_optimization(config)
   _check_data(config)
-  model = check_model(config)
-  check_batch_sizes(config)
+  _check_model(config)
+  _check_batch_sizes(config)
   num_train = known_train_size(config)
   if num_train is not None:
-    check_run_length(config, model, num_train)
-  return config
+    check_run_length(config, num_train)
