@@ -4,13 +4,11 @@
   python main.py --config configs/default.py:baseline --workdir /tmp/dense
   python main.py --config configs/default.py --config.routing.drop_ratios='(0.5,)' --workdir ...
 
-The same as `python -m skipvit_jax` (skipvit_jax/__main__.py, which documents the exit status).
-Rerunning with the same --workdir resumes from its latest checkpoint.
+The same as `python -m skipvit_jax` (skipvit_jax/__main__.py, which documents the exit status
+and the one-line errors). Rerunning with the same --workdir resumes from its latest checkpoint.
 """
 
-from absl import app
-
-from skipvit_jax.__main__ import main
+from skipvit_jax.__main__ import run
 
 if __name__ == "__main__":
-  app.run(main)
+  run()
