@@ -11,7 +11,8 @@ DEIT_S_TOE = phases_lib.ToESchedule((0, 100, 200), (0.5, 0.75, 1.0), 0.25, 2)
 
 
 def _summary(phases):
-  return [(p.name, p.start_step, p.end_step, 1 + p.toe.num_selected if p.toe else None) for p in phases]
+  return [(p.name, p.start_step, p.end_step, 1 + p.toe.num_selected if p.toe else None)
+          for p in phases]
 
 
 def test_drop_warmup_gives_two_phases():
@@ -35,7 +36,8 @@ def test_toe_deit_s_stages_switch_at_their_epochs():
   phases = phases_lib.make_phases(routing=RoutingConfig(), drop_warmup_steps=0, total_steps=3000,
                                 toe=DEIT_S_TOE, steps_per_epoch=10, num_patches=196)
   assert _summary(phases) == [
-      ("toe_stage1", 0, 1000, 99), ("toe_stage2", 1000, 2000, 148), ("toe_stage3", 2000, 3000, None),
+      ("toe_stage1", 0, 1000, 99), ("toe_stage2", 1000, 2000, 148),
+      ("toe_stage3", 2000, 3000, None),
   ]
 
 

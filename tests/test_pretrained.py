@@ -94,7 +94,8 @@ def big_vision_layout(flat: dict, *, prefix: str = "", pos: str = "top", scan: b
   if scan:
     blocks = sorted({n.split("/")[1] for n in out if n.startswith("Transformer/encoderblock_")},
                     key=lambda b: int(b.split("_")[1]))
-    for rest in sorted({n.split("/", 2)[2] for n in out if n.startswith("Transformer/encoderblock_0/")}):
+    first_block = {n.split("/", 2)[2] for n in out if n.startswith("Transformer/encoderblock_0/")}
+    for rest in sorted(first_block):
       out[f"Transformer/encoderblock/{rest}"] = np.stack(
           [out.pop(f"Transformer/{b}/{rest}") for b in blocks])
   return {f"{prefix}{name}": value for name, value in out.items()}
@@ -342,7 +343,8 @@ def test_a_checkpoint_runs_at_another_resolution(source, tmp_path, caplog):
   assert "resized the position embedding from the 4 x 4 patch grid to 6 x 6" in caplog.text
   pos = loaded["Transformer"]["posembed_input"]["pos_embedding"]
   assert pos.shape == (1, 37, 32)
-  np.testing.assert_array_equal(pos[:, 0], params["Transformer"]["posembed_input"]["pos_embedding"][:, 0])
+  np.testing.assert_array_equal(
+      pos[:, 0], params["Transformer"]["posembed_input"]["pos_embedding"][:, 0])
   assert np.isfinite(logits(bigger, loaded, np.zeros((1, 48, 48, 3), np.float32))).all()
 
 
@@ -396,7 +398,8 @@ def test_a_patch_checkpoint_into_the_conv_stem_is_an_error_naming_the_stem(sourc
   assert "missing: stem/conv_0/bias, stem/conv_0/kernel" in message
   with pytest.raises(ValueError, match=r"missing: Transformer/encoderblock_12/"):
     pretrained.load(tmp_path / "te.npz", ViT("L/8", num_classes=CLASSES, image_size=IMAGE))
-  with pytest.raises(ValueError, match=r"embedding/kernel \(8, 8, 3, 32\) \(model: \(4, 4, 3, 32\)\)"):
+  with pytest.raises(ValueError,
+                     match=r"embedding/kernel \(8, 8, 3, 32\) \(model: \(4, 4, 3, 32\)\)"):
     pretrained.load(tmp_path / "te.npz", ViT("Te/4", num_classes=CLASSES, image_size=IMAGE))
 
 

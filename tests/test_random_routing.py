@@ -44,7 +44,8 @@ def test_random_keeps_as_many_tokens_as_the_attention_router():
   attention, random = np.asarray(_eval_keep_idx(ROW)), np.asarray(_eval_keep_idx(RANDOM))
   assert attention.shape == random.shape == (4, 64 - 35)  # 55% of 64 dropped
   assert (np.diff(random, axis=1) > 0).all()  # distinct positions, ascending
-  assert _model(RANDOM).routing_plan.tokens_per_layer() == _model(ROW).routing_plan.tokens_per_layer()
+  assert (_model(RANDOM).routing_plan.tokens_per_layer()
+          == _model(ROW).routing_plan.tokens_per_layer())
   assert not np.array_equal(attention, random)
 
 

@@ -132,7 +132,8 @@ def test_ema_equals_the_closed_form_average_of_the_trajectory():
   for name, value in _flat_names(expected).items():
     np.testing.assert_allclose(_flat_names(ema)[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
   # The average really lags: it is not the last parameters.
-  assert not np.allclose(_flat_names(ema)["head/kernel"], _flat_names(trajectory[-1])["head/kernel"])
+  assert not np.allclose(_flat_names(ema)["head/kernel"],
+                         _flat_names(trajectory[-1])["head/kernel"])
 
 
 def test_accumulated_micro_batches_give_the_update_of_one_large_batch():

@@ -55,7 +55,8 @@ def test_toe_with_skipvit_ranks_and_restores_within_toe_sequence():
   # Original patch positions go through ToE's index.
   toe_positions = np.asarray(aux["toe"]["out_index"])[:, 1:] - 1
   np.testing.assert_array_equal(
-      record["kept_positions"], np.take_along_axis(toe_positions, np.asarray(record["keep_idx"]), 1))
+      record["kept_positions"],
+      np.take_along_axis(toe_positions, np.asarray(record["keep_idx"]), 1))
 
 
 def test_toe_model_validation():
@@ -82,7 +83,7 @@ def test_training_crosses_every_toe_stage_and_resumes_into_stage_two(tmp_path, m
   overrides = {"toe.enabled": True, "toe.expansion_epochs": (0, 1, 2), "num_epochs": 3.0,
                "eval_every_epochs": 10.0, "routing.drop_ratios": (0.5,)}
   config = test_train.tiny_config(data_dir, **overrides)  # 4 steps per epoch, 12 steps
-  train_steps = count_traces(monkeypatch, training_step, "train_step")
+  train_steps = count_traces(monkeypatch, step_lib, "train_step")
   eval_steps = count_traces(monkeypatch, evaluate, "eval_step")
   traced = lambda: [(1 + c["model"].toe.num_selected if c["model"].toe else None,
                      c["model"].routing.routes) for c in train_steps.calls]

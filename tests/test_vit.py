@@ -24,7 +24,8 @@ def _images(batch=2, seed=0, size=32):
 def _params(model, seed=0):
   """Initialised parameters with a random head (the head is zero-initialised, which would make
   every logit comparison trivially pass)."""
-  params = model.init(jax.random.key(seed), _images(1, size=model.image_size), train=False)["params"]
+  params = model.init(jax.random.key(seed), _images(1, size=model.image_size),
+                      train=False)["params"]
   params = flax.core.unfreeze(params)
   head = params["head"]["kernel"]
   params["head"]["kernel"] = jax.random.normal(jax.random.key(seed + 1), head.shape)
@@ -93,8 +94,10 @@ def test_conv_stem_forward_matches_numpy_reference(routing):
   model = ViT(**TINY, routing=routing, stem="conv")
   params = _params(model)
   assert jax.tree.map(jnp.shape, params["stem"]) == {
-      "conv_0": {"kernel": (3, 3, 3, 16), "bias": (16,)}, "norm_0": {"scale": (16,), "bias": (16,)},
-      "conv_1": {"kernel": (3, 3, 16, 32), "bias": (32,)}, "norm_1": {"scale": (32,), "bias": (32,)}}
+      "conv_0": {"kernel": (3, 3, 3, 16), "bias": (16,)},
+      "norm_0": {"scale": (16,), "bias": (16,)},
+      "conv_1": {"kernel": (3, 3, 16, 32), "bias": (32,)},
+      "norm_1": {"scale": (32,), "bias": (32,)}}
   assert params["embedding"]["kernel"].shape == (1, 1, 32, 32)
   # Random LayerNorm parameters, so a wrong normalisation axis or a missing ReLU shows.
   params["stem"] = jax.tree.map(
@@ -143,7 +146,8 @@ def test_reduced_layers_run_on_kept_tokens_only():
   assert aux["routing"][0]["cls_scores"].shape == (2, 64)
 
 
-@pytest.mark.parametrize("routing", [SKIP, TWO_STAGE, RoutingConfig((6,), (0.5,), 9, drop_point="block_input")])
+@pytest.mark.parametrize("routing", [SKIP, TWO_STAGE,
+                                     RoutingConfig((6,), (0.5,), 9, drop_point="block_input")])
 def test_dropped_tokens_return_unchanged_to_their_positions(routing):
   model = ViT(**TINY, routing=routing)
   params = _params(model)
@@ -169,12 +173,14 @@ def test_dropped_tokens_leave_after_the_attention_residual():
   (_, aux), state = _intermediates(model, _params(model), _images(2))
   inter = state["intermediates"]["Transformer"]
   block_input = np.asarray(inter["layer_inputs"][5])
-  attention_out = np.asarray(inter["encoderblock_5"]["MultiHeadDotProductAttention_1"]["__call__"][0].out)
+  attention_out = np.asarray(
+      inter["encoderblock_5"]["MultiHeadDotProductAttention_1"]["__call__"][0].out)
   after_attention = block_input + attention_out
   drop_idx = np.asarray(aux["routing"][0]["drop_idx"])
   dropped = np.asarray(inter["dropped_tokens"][0])
   for b in range(2):
-    np.testing.assert_allclose(dropped[b], after_attention[b, 1 + drop_idx[b]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dropped[b], after_attention[b, 1 + drop_idx[b]], rtol=1e-6,
+                               atol=1e-6)
 
 
 def test_block_input_scores_equal_the_layers_cls_attention_row():

@@ -102,7 +102,8 @@ def accumulate(step_fn, params, batches: Iterable[dict],
   `should_stop()`, asked after each batch, turns true."""
   total = None
   for batch in batches:
-    sums = jax.tree.map(lambda x: x.astype(np.float64), parallel.unreplicate(step_fn(params, batch)))
+    sums = jax.tree.map(lambda x: x.astype(np.float64),
+                        parallel.unreplicate(step_fn(params, batch)))
     total = sums if total is None else jax.tree.map(np.add, total, sums)
     if should_stop():
       return None

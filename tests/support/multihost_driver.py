@@ -1,5 +1,8 @@
 """One process of the two-process test (tests/test_multihost.py): trains the tiny config and
-saves this process's final parameters. Run as `python -m tests.support.multihost_driver DATA OUT`."""
+saves this process's final parameters.
+
+  python -m tests.support.multihost_driver DATA OUT
+"""
 
 import sys
 
