@@ -234,7 +234,8 @@ def _check_optimization(config: ml_collections.ConfigDict) -> None:
   _flag(config, "allow_resume_with_changes")
 
 
-def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
+def check_batch_sizes(config: ml_collections.ConfigDict) -> None:
+  """The batches split evenly over every device of every process (and into micro-batches)."""
   devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     _number(config, field, low=1, integer=True)
@@ -299,7 +300,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _check_optimization(config)
   _check_data(config)
   _check_model(config)
-  _check_batch_sizes(config)
+  check_batch_sizes(config)
   num_train = known_train_size(config)
   if num_train is not None:
     check_run_length(config, num_train)
