@@ -253,7 +253,7 @@ def test_fuzzed_toe_schedules_plan_or_name_the_field(fields, num_patches, epoch)
     ({"data.random_translate": 16}, "config.data.random_translate"),  # half of 32 px
     ({"data.random_translate": -1}, "config.data.random_translate"),
 ])
-def test_the_fields_that_used_to_fail_late_fail_first(overrides, field):
+def test_a_bad_field_fails_validation_naming_itself(overrides, field):
   config = tiny_base()
   config.update_from_flattened_dict(overrides)
   with pytest.raises(validation.ConfigError, match=re.escape(field)):
