@@ -9,7 +9,8 @@ import pytest
 
 from configs import skipvit_s16_imagenet, toe_deit_s_imagenet, vit_s16_imagenet
 from skipvit_jax.models import flops
-from skipvit_jax.train import phases as phases_lib, plan
+from skipvit_jax.train import phases as phases_lib
+from skipvit_jax.train import plan
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

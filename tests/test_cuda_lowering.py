@@ -31,7 +31,8 @@ from configs import default, skipvit_s16_imagenet, toe_deit_s_imagenet, vit_s16_
 from configs.sweeps import paper_row
 from skipvit_jax import ViT
 from skipvit_jax.models import attention
-from skipvit_jax.train import evaluate, plan, step as step_lib
+from skipvit_jax.train import evaluate, plan
+from skipvit_jax.train import step as step_lib
 from tests.support import cuda_lowering
 from tests.support.cuda_lowering import CUDNN_BACKWARD, CUDNN_FORWARD
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist as fashion_mnist_config
-from skipvit_jax.train import evaluate, loop
 from skipvit_jax.data import fashion_mnist, pipeline
+from skipvit_jax.train import evaluate, loop
 
 REAL_FILES = fashion_mnist.DEBIAN_DIR
 HAVE_REAL_FILES = not fashion_mnist.missing_files(REAL_FILES)

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+from skipvit_jax.data import pipeline
 from skipvit_jax.train import loop
 from skipvit_jax.train.metrics import read_metrics
-from skipvit_jax.data import pipeline
 from tests import test_train
 
 REPO = Path(__file__).resolve().parents[1]

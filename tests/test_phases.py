@@ -3,8 +3,8 @@
 import pytest
 
 from skipvit_jax.models import flops
-from skipvit_jax.train import phases as phases_lib
 from skipvit_jax.models.routing import RoutingConfig
+from skipvit_jax.train import phases as phases_lib
 
 ROW = RoutingConfig((6,), (0.55,), 11)
 DEIT_S_TOE = phases_lib.ToESchedule((0, 100, 200), (0.5, 0.75, 1.0), 0.25, 2)

@@ -17,11 +17,12 @@ from safetensors.numpy import save_file
 from configs import default
 from configs.sweeps import paper_row
 from skipvit_jax import ViT
-from skipvit_jax.models import pretrained
-from skipvit_jax.tools import export
-from skipvit_jax.train import checkpointing, loop, step as step_lib
 from skipvit_jax.data import pipeline
+from skipvit_jax.models import pretrained
 from skipvit_jax.models.vit import GELUS
+from skipvit_jax.tools import export
+from skipvit_jax.train import checkpointing, loop
+from skipvit_jax.train import step as step_lib
 
 IMAGE, PATCH, CLASSES = 32, 8, 5
 GRID = IMAGE // PATCH

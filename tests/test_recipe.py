@@ -11,9 +11,10 @@ import pytest
 
 from benchmarks import remat_memory
 from skipvit_jax import ViT
-from skipvit_jax.runtime import parallel
-from skipvit_jax.train import evaluate, optim, step as step_lib
 from skipvit_jax.data import pipeline
+from skipvit_jax.runtime import parallel
+from skipvit_jax.train import evaluate, optim
+from skipvit_jax.train import step as step_lib
 
 AXIS = parallel.AXIS
 

@@ -6,7 +6,8 @@ import pytest
 
 from skipvit_jax import RoutingConfig, ViT
 from skipvit_jax.models import flops, toe
-from skipvit_jax.train import evaluate, loop, step as step_lib
+from skipvit_jax.train import evaluate, loop
+from skipvit_jax.train import step as step_lib
 from tests import test_train
 from tests.support.jax_testing import count_traces
 

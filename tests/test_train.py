@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from configs import default
+from skipvit_jax.data import pipeline
 from skipvit_jax.runtime import distributed
 from skipvit_jax.tools import inspect_run
-from skipvit_jax.train import evaluate, loop, step as step_lib, validation
+from skipvit_jax.train import evaluate, loop, validation
+from skipvit_jax.train import step as step_lib
 from skipvit_jax.train.checkpointing import Checkpoints
 from skipvit_jax.train.metrics import read_metrics
-from skipvit_jax.data import pipeline
 from tests.support.jax_testing import count_compilations, count_traces
 
 REPO = Path(__file__).resolve().parents[1]

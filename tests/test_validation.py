@@ -16,7 +16,8 @@ from configs import default
 from skipvit_jax.data import pipeline
 from skipvit_jax.models import attention, routing, toe
 from skipvit_jax.models.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES, RoutingConfig
-from skipvit_jax.train import plan, validation
+from skipvit_jax.train import plan as plan_lib
+from skipvit_jax.train import validation
 
 FIELD = re.compile(r"\bconfig\.[a-z_]+|RoutingConfig\.[a-z_]+|\b(keep_rates|init_rate|"
                    r"expansion_epochs|substeps|num_patches|epoch):")
@@ -139,11 +140,11 @@ def assert_forward_has_the_planned_token_counts(config) -> None:
   info = pipeline.DatasetInfo(config.data.name, num_classes=3,
                               num_train=validation.known_train_size(config), num_eval=1,
                               has_object_masks=False)
-  run = plan.RunPlan.build(config, info)  # the trainer's plan
+  run = plan_lib.RunPlan.build(config, info)  # the trainer's plan
   size = config.data.image_size
   for phase in run.phases:
     phase_model = run.model.clone(routing=phase.routing, toe=phase.toe)
-    (logits, aux), _ = jax.eval_shape(lambda: phase_model.init_with_output(
+    (logits, aux), _ = jax.eval_shape(lambda model=phase_model: model.init_with_output(
         jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False))
     assert logits.shape == (2, 3)
     stages = phase_model.routing_plan.stages
@@ -174,7 +175,7 @@ def test_fuzzed_configs_run_as_planned_or_name_the_field(data):
     event(f"rejected: {FIELD.search(str(e))[0]}")
     return
   event("accepted")
-  assert_forward_has_the_planned_token_counts(plan.resolve_choices(config))
+  assert_forward_has_the_planned_token_counts(plan_lib.resolve_choices(config))
 
 
 @FUZZ
@@ -203,7 +204,8 @@ def test_fuzzed_routing_configs_plan_or_name_the_field(fields, num_patches):
   for stage in plan.stages:
     tokens = jnp.zeros((2, 1 + stage.num_present, 4))
     kept, split = jax.eval_shape(
-        lambda x: routing.route(x, jnp.zeros(x.shape[:2])[:, 1:], stage, config), tokens)
+        lambda x, stage=stage: routing.route(x, jnp.zeros(x.shape[:2])[:, 1:], stage, config),
+        tokens)
     assert split.keep_idx.shape == (2, stage.num_keep)
     assert kept.shape[1] == 1 + stage.num_keep + (config.mode == "fused")
 
@@ -281,6 +283,6 @@ def test_a_config_from_before_model_stem_and_gelu_builds_the_patch_stem_and_tanh
     del config.model["stem"]
     del config.model["gelu"]
   validation.check_config(config)
-  model = plan.build_model(config, num_classes=3)
+  model = plan_lib.build_model(config, num_classes=3)
   assert (model.stem, model.gelu) == ("patch", "tanh")
-  assert plan.resolve_choices(config).model.gelu == "tanh"
+  assert plan_lib.resolve_choices(config).model.gelu == "tanh"

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from skipvit_jax import ViT, RoutingConfig
+from skipvit_jax import RoutingConfig, ViT
 from tests.support import reference
 from tests.support.jax_testing import count_compilations
 

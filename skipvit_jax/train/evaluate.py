@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from skipvit_jax.runtime import parallel
 from skipvit_jax.data import pipeline
 from skipvit_jax.models.routing import RoutingConfig
+from skipvit_jax.runtime import parallel
 
 AXIS = parallel.AXIS
 

@@ -32,8 +32,10 @@ from absl import logging
 from skipvit_jax.data import pipeline
 from skipvit_jax.models import flops, pretrained
 from skipvit_jax.runtime import distributed, parallel
-from skipvit_jax.train import (checkpointing, evaluate, phases as phases_lib, plan as plan_lib,
-                               resume, step as step_lib, stopping, validation)
+from skipvit_jax.train import checkpointing, evaluate, resume, stopping, validation
+from skipvit_jax.train import phases as phases_lib
+from skipvit_jax.train import plan as plan_lib
+from skipvit_jax.train import step as step_lib
 from skipvit_jax.train.metrics import MetricWriter
 from skipvit_jax.train.throughput import ThroughputMeter, format_duration
 

@@ -27,7 +27,9 @@ from skipvit_jax.data import pipeline
 from skipvit_jax.models import flops, pretrained
 from skipvit_jax.models.routing import RoutingConfig
 from skipvit_jax.models.vit import DTYPES, ViT
-from skipvit_jax.train import optim, phases as phases_lib, step as step_lib
+from skipvit_jax.train import optim
+from skipvit_jax.train import phases as phases_lib
+from skipvit_jax.train import step as step_lib
 
 # Config fields added after workdirs were first written, with the value every earlier run had:
 # a config.json without them describes the same run (the model it builds, the run it resumes).

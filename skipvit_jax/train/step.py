@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from skipvit_jax.models.vit import ViT
 from skipvit_jax.runtime import parallel
 from skipvit_jax.train import augment
-from skipvit_jax.models.vit import ViT
 
 AXIS = parallel.AXIS
 # step_rngs folds this into the step key for random routing, rather than splitting three ways,
