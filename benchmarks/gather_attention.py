@@ -9,8 +9,9 @@ after --warmup runs, each synchronised with block_until_ready):
 
 - pallas:    kernels.gather_attention (reads kept rows in place; returns [CLS] scores too),
 - xla:       take_along_axis gather + jax.nn.dot_product_attention(implementation="xla"),
-- cudnn:     the same through the model's "cudnn" attention (skipvit_jax/models/attention.py: cuDNN's
-             fused attention, tokens padded to an even count; GPU only, skipped elsewhere).
+- cudnn:     the same through the model's "cudnn" attention (skipvit_jax/models/attention.py:
+             cuDNN's fused attention, tokens padded to an even count; GPU only, skipped
+             elsewhere).
 
 The XLA baselines also compute the [CLS]-row scores (one extra (B, H, 1 + K) row of
 logits), so all three produce the same outputs. Each row reports the analytic FLOPs and
@@ -27,7 +28,6 @@ import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-
 
 import jax
 import jax.numpy as jnp

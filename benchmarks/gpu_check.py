@@ -143,8 +143,8 @@ def kernel_checks(shape: tuple[int, int, int, int], num_keep: int) -> list[dict]
       attend = functools.partial(attention.attend, with_cls_scores=True)
       checks.append(_check(
           "cudnn", attention.runs_as("cudnn", dtype=q.dtype, head_dim=head_dim), dtype, n, None,
-          lambda q, k, v: tuple(attend(q, k, v, implementation="cudnn"))[:2],
-          lambda q, k, v: tuple(attend(q, k, v, implementation="xla"))[:2],
+          lambda q, k, v, attend=attend: tuple(attend(q, k, v, implementation="cudnn"))[:2],
+          lambda q, k, v, attend=attend: tuple(attend(q, k, v, implementation="xla"))[:2],
           q[:, :n], k[:, :n], v[:, :n]))
   return checks
 
@@ -156,8 +156,8 @@ def kernel_checks(shape: tuple[int, int, int, int], num_keep: int) -> list[dict]
 def timm_peer(*, batch_size: int, steps: int, warmup: int, smoke: bool) -> dict:
   """images/s of timm's ViT-S/16 training step (bf16 autocast, SDPA, torch.compile)."""
   try:
-    import timm  # pylint: disable=import-outside-toplevel
-    import torch  # pylint: disable=import-outside-toplevel
+    import timm
+    import torch
   except ImportError as e:
     return {"ran": False, "reason": f"torch and timm do not both import: {e}"}
   device = "cuda" if torch.cuda.is_available() else "cpu"

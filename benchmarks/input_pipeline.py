@@ -30,7 +30,6 @@ import io
 import os
 import time
 
-
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -38,7 +37,6 @@ from PIL import Image
 from benchmarks import timing
 from configs import common
 from skipvit_jax.data import pipeline
-
 
 AUGMENTATIONS = {
     "none": pipeline.Augmentation(),

@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import datetime
 
-
 import jax
 import optax
 
 from benchmarks import timing, train_step
-from skipvit_jax.runtime import parallel
 from skipvit_jax.models.vit import DTYPES, STEMS
+from skipvit_jax.runtime import parallel
 
 MIB = 2**20
 # XLA:CPU's pass that drops remat's optimisation barriers too early (see the module docstring).
@@ -99,7 +98,8 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--variant", default="S/16")
   parser.add_argument("--image_size", type=int, default=224)
-  parser.add_argument("--stem", default="patch", choices=STEMS, help="the model's config.model.stem")
+  parser.add_argument("--stem", default="patch", choices=STEMS,
+                      help="the model's config.model.stem")
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=64, help="global, over local devices")
   parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))

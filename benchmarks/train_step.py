@@ -41,18 +41,17 @@ import statistics
 import time
 from pathlib import Path
 
-
 import jax
 import numpy as np
 import optax
 
 from benchmarks import timing
 from skipvit_jax.models import attention, flops, toe
-from skipvit_jax.runtime import parallel
-from skipvit_jax.train import step as step_lib
+from skipvit_jax.models.routing import PAPER_ROWS, RoutingConfig
 from skipvit_jax.models.variants import decode_variant
 from skipvit_jax.models.vit import DTYPES, STEMS, ViT
-from skipvit_jax.models.routing import PAPER_ROWS, RoutingConfig
+from skipvit_jax.runtime import parallel
+from skipvit_jax.train import step as step_lib
 
 # ToE's DeiT-S schedule (r0 0.25, rates 0.5 / 0.75 / 1.0, 2 sub-steps); stage 3 is dense.
 TOE_DEIT_S = dict(expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0), init_rate=0.25,
@@ -105,7 +104,8 @@ def initial_state_and_batch(args, optimizer):
   state = jax.device_get(step_lib.init_state(model, optimizer, seed=0))
   rng = np.random.default_rng(0)
   batch = parallel.device_put_sharded(parallel.shard({
-      "image": rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(np.float32),
+      "image": rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)
+                          ).astype(np.float32),
       "label": rng.integers(0, args.num_classes, size=args.batch_size).astype(np.int32),
   }))
   return state, batch
@@ -260,8 +260,8 @@ def run(args) -> dict:
 def table(report: dict) -> str:
   lines = [
       f"train step, {report['variant']}"
-      f"{' (conv stem)' if report['stem'] == 'conv' else ''} {report['image_size']}px, global batch "
-      f"{report['batch_size']}, {report['dtype']}, attention {report['attention']}, "
+      f"{' (conv stem)' if report['stem'] == 'conv' else ''} {report['image_size']}px, "
+      f"global batch {report['batch_size']}, {report['dtype']}, attention {report['attention']}, "
       f"{report['local_devices']}x {report['device_kind']}, JAX {report['jax_version']}, "
       f"peak matmul {report['peak_matmul_tflops_per_device']:.3f} TFLOP/s per device",
       f"{'attention':<10}{'config':<16}{'img/s':>10}{'ms/step':>10}{'mem MiB':>10}{'MFU':>8}"
@@ -288,7 +288,8 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--variant", default="S/16")
   parser.add_argument("--image_size", type=int, default=224)
-  parser.add_argument("--stem", default="patch", choices=STEMS, help="the model's config.model.stem")
+  parser.add_argument("--stem", default="patch", choices=STEMS,
+                      help="the model's config.model.stem")
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=256, help="global, over local devices")
   parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))

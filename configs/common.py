@@ -112,9 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1.0  # evaluation cadence (and always at the end)
   config.checkpoint_every_steps = 1000  # checkpoint cadence (and always at the end)
   config.keep_checkpoints = 3  # checkpoints kept in workdir/checkpoints
-  # Pretrained weights to start from (skipvit_jax/models/pretrained.py: vision_transformer or big_vision
-  # .npz, timm .safetensors/.pth, a skipvit_jax workdir); used only when the workdir has no
-  # checkpoint yet (resuming always wins).
+  # Pretrained weights to start from (skipvit_jax/models/pretrained.py: vision_transformer or
+  # big_vision .npz, timm .safetensors/.pth, a skipvit_jax workdir); used only when the workdir
+  # has no checkpoint yet (resuming always wins).
   config.init_from = ""  # "": from scratch
   config.stop_after_step = -1  # >= 0: checkpoint and stop there, as if pre-empted
   # Resuming with other model, routing, ToE, data or batch settings than the workdir's run is

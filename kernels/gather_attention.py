@@ -35,11 +35,11 @@ import functools
 import math
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
-import numpy as np
 
 # Large and negative but finite: exp2(mask - m) must be exactly 0 without producing
 # inf - inf = NaN when a whole row of a tile is masked.
@@ -276,7 +276,7 @@ def _fwd_kernel(
     return rows_ref[pl.ds(t * block_k, block_k)], pos < num_rows
 
   def body(t, carry):
-    acc, m_prev, l_prev = carry
+    acc, m_prev, denom_prev = carry
     k_rows, k_ok = key_tile(t)
     k = _load_rows(k_ref, k_rows, k_ok, head_dim)
     s = plgpu.dot(q, k, trans_b=True, precision=precision) * qk_scale  # (block_q, block_k)
@@ -286,15 +286,15 @@ def _fwd_kernel(
     p = jnp.exp2(s - m_next[:, None])
     v = _load_rows(v_ref, k_rows, k_ok, head_dim)
     pv = plgpu.dot(p.astype(v.dtype), v, precision=precision)
-    return correction[:, None] * acc + pv, m_next, correction * l_prev + p.sum(axis=1)
+    return correction[:, None] * acc + pv, m_next, correction * denom_prev + p.sum(axis=1)
 
   acc = jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32)
   m = jnp.full((block_q,), -jnp.inf, jnp.float32)
-  l = jnp.zeros((block_q,), jnp.float32)
-  acc, m, l = lax.fori_loop(0, num_k_tiles, body, (acc, m, l))
-  lse = m + jnp.log2(l)
+  denom = jnp.zeros((block_q,), jnp.float32)  # the softmax's running denominator
+  acc, m, denom = lax.fori_loop(0, num_k_tiles, body, (acc, m, denom))
+  lse = m + jnp.log2(denom)
   lse_ref[...] = lse
-  _store_rows(out_ref, q_pos, q_ok, head_dim, acc / l[:, None])
+  _store_rows(out_ref, q_pos, q_ok, head_dim, acc / denom[:, None])
 
   # [CLS] is kept position 0, so it lives in query tile 0. Its probabilities need the
   # final log-sum-exp, hence a second pass over the keys for that single row.

@@ -15,5 +15,6 @@ jax.config.update("jax_disable_most_optimizations", True)
 # Many tests compile the same programs (a trainer run per test); a persistent compilation
 # cache shared by the session turns the repeats into cache hits. Compile counts are unchanged:
 # JAX reports a compile event for hits too.
-jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax"))
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from skipvit_jax import ViT, RoutingConfig
+from skipvit_jax import RoutingConfig, ViT
 from skipvit_jax.models import attention
 from tests.support import reference
 
@@ -66,7 +66,7 @@ def test_implementations_make_the_same_routing_decisions(implementation):
 
 def test_pallas_falls_back_to_the_reference_off_gpu_and_says_so(caplog):
   q, k, v = _qkv(3)
-  attention._log_fallback_once.cache_clear()  # pylint: disable=protected-access
+  attention._log_fallback_once.cache_clear()
   with caplog.at_level(logging.INFO):
     result = attention.attend(q, k, v, implementation="pallas", with_cls_scores=True)
   assert jax.default_backend() == "cpu"
@@ -159,7 +159,7 @@ def test_gradients_through_the_model_match_xla(implementation):
 def test_an_unknown_platform_falls_back_on_every_path_and_trains(monkeypatch, caplog):
   """What a PJRT plugin (Ascend, ...) sees: no cuDNN, no Pallas lowering, XLA for "auto"."""
   monkeypatch.setattr(jax, "default_backend", lambda: "someplugin")
-  attention._log_fallback_once.cache_clear()  # pylint: disable=protected-access
+  attention._log_fallback_once.cache_clear()
   images = jax.random.normal(jax.random.key(7), (2, 32, 32, 3))
   labels = jax.numpy.array([1, 2])
   base = ViT("Te/4", num_classes=10, image_size=32, routing=RoutingConfig((6,), (0.5,), 11))
@@ -169,7 +169,7 @@ def test_an_unknown_platform_falls_back_on_every_path_and_trains(monkeypatch, ca
     for implementation in ("auto", "cudnn", "pallas"):
       model = base.clone(attention=implementation)
 
-      def loss(p):
+      def loss(p, model=model):
         logits, _ = model.apply({"params": p}, images, train=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 

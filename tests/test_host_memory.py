@@ -1,4 +1,5 @@
-"""skipvit_jax.runtime.host_memory: a freed step-sized block is reused, not unmapped and faulted back."""
+"""skipvit_jax.runtime.host_memory: a freed step-sized block is reused, not unmapped and faulted
+back in."""
 
 import os
 import subprocess

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skipvit_jax.train import evaluate
 from skipvit_jax.data import synthetic
+from skipvit_jax.train import evaluate
 
 # Tiny splits keep each TFDS preparation under a second.
 NUM_TRAIN, NUM_TEST, SEED = 50, 20, 3
@@ -164,7 +164,8 @@ def test_prepare_is_offline_and_readable(prepared_twice):
   builders, attempts = prepared_twice
   assert attempts == []
   builder = builders[0]
-  assert builder.info.full_name == f"skipvit_shapes/s48_train50_test20_seed3/{synthetic.SkipvitShapes.VERSION}"
+  version = synthetic.SkipvitShapes.VERSION
+  assert builder.info.full_name == f"skipvit_shapes/s48_train50_test20_seed3/{version}"
   train, test = builder.as_data_source("train"), builder.as_data_source("test")
   assert (len(train), len(test)) == (NUM_TRAIN, NUM_TEST)
   example = train[0]

@@ -212,7 +212,7 @@ def test_train_batches_shard_disjointly_and_resume_by_step(data_dir):
         ({"data.name": "no_such_dataset_anywhere"}, "config.data.name"),
         ({"routing.return_layer": 5}, "RoutingConfig.return_layer"),
         ({"routing.drop_ratios": (1.2,)}, "RoutingConfig.drop_ratios"),
-        ({"model.variant": "Q/4"}, "model variant"),
+        ({"model.variant": "Q/4"}, "config.model.variant: expected"),
         ({"model.dtype": "float16"}, "config.model.dtype"),
     ],
 )

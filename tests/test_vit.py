@@ -281,8 +281,8 @@ def test_pmap_over_two_devices_matches_one_device():
     "kwargs,field",
     [
         (dict(variant="S/16", image_size=100), "image_size"),
-        (dict(variant="X/16"), "model variant"),
-        (dict(variant="S"), "model variant"),
+        (dict(variant="X/16"), "variant: expected"),
+        (dict(variant="S"), "variant: expected"),
         (dict(attention="flash"), "attention implementation"),
         (dict(stem="convolution"), "stem: must be one of"),
         (dict(variant="Te/6", image_size=24, stem="conv"), "stem: 'conv' needs a patch size"),
@@ -338,7 +338,7 @@ def reference_token_positions(aux, routing: RoutingConfig, num_patches: int, bat
 def test_token_positions_in_aux_match_a_numpy_replay(routing, toe_stage):
   plan = None
   if toe_stage:
-    from skipvit_jax.models import toe  # pylint: disable=g-import-not-at-top
+    from skipvit_jax.models import toe
     plan = toe.make_plan(64, expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0),
                          init_rate=0.25, substeps=2, epoch=0)
   model = ViT(**TINY, routing=routing, toe=plan)

@@ -277,10 +277,10 @@ def test_runs_table_shows_every_row_with_its_overrides_or_base():
 
 
 def test_plots_draw_without_a_display(skip_aux):
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   images = np.zeros((2, 32, 32, 3), np.uint8)
   maps = patch_maps.cls_attention_maps(skip_aux, 64)

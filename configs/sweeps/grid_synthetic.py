@@ -1,6 +1,7 @@
 """A grid over drop layer x drop ratio x return layer on the synthetic default, plus dense.
 
-  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/grid_synthetic.py --sweep_dir /tmp/sweeps/grid
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/grid_synthetic.py \
+      --sweep_dir /tmp/sweeps/grid
 
 Drop at layer 3 or 6, 30% or 55% of the tokens, return before layer 9 or 11: eight routed runs
 named like the paper's rows ("3-30-9") and the dense run, each configs/default.py:baseline

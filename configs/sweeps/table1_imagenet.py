@@ -1,7 +1,7 @@
 """The SkipViT paper's Table 1 on ImageNet-1k: ViT-S/16 dense and every routed row.
 
-  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_imagenet.py --sweep_dir $SWEEP_DIR \
-      --override data.data_dir=$TFDS_DATA_DIR
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_imagenet.py \
+      --sweep_dir $SWEEP_DIR --override data.data_dir=$TFDS_DATA_DIR
 
 Each run is a full 100-epoch recipe: configs/vit_s16_imagenet.py (dense) and
 configs/skipvit_s16_imagenet.py:row=<row> (15 drop warm-up epochs), nine runs on an accelerator

@@ -1,8 +1,9 @@
 """The SkipViT paper's Table 1 rows on the synthetic default (configs/default.py), on a CPU.
 
-  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1
-  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_synthetic.py --sweep_dir /tmp/table1 \
-      --seeds 0,1,2  # every run over three seeds; the seed-0 runs above are reused
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_synthetic.py \
+      --sweep_dir /tmp/table1
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/table1_synthetic.py \
+      --sweep_dir /tmp/table1 --seeds 0,1,2  # every run over three seeds; seed 0's are reused
 
 The dense baseline, the fused-token row and the seven skip rows, each the 4-epoch tiny ViT of
 configs/default.py:baseline with the row's routing and the default's 1-epoch drop warm-up.

@@ -1,6 +1,7 @@
 """ToE alone and ToE + SkipViT against dense, on the synthetic default.
 
-  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/toe_synthetic.py --sweep_dir /tmp/sweeps/toe
+  python -m skipvit_jax.tools.sweep --sweep configs/sweeps/toe_synthetic.py \
+      --sweep_dir /tmp/sweeps/toe
 
 The default's ToE runs as a sweep: configs/default.py:baseline (dense),
 configs/default.py:toe,baseline (ToE stages of 33 / 49 / 65 tokens) and configs/default.py:toe

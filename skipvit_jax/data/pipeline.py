@@ -80,8 +80,9 @@ def load_sources(data_config) -> Sources:
 
 def _open_sources(data_config) -> Sources:
   if data_config.name == SYNTHETIC:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    from skipvit_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
+
+    from skipvit_jax.data import synthetic
 
     tfds.disable_progress_bar()  # the first run generates the data; keep the log readable
     builder = synthetic.prepare(
@@ -98,8 +99,9 @@ def _open_sources(data_config) -> Sources:
 
 
 def _load_fashion_mnist(data_config) -> Sources:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from skipvit_jax.data import fashion_mnist  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+
+  from skipvit_jax.data import fashion_mnist
 
   if data_config.image_size != fashion_mnist.IMAGE_SIZE:
     raise ValueError(f"config.data.image_size: Fashion-MNIST's images are "
@@ -130,7 +132,7 @@ def _splits(builder, data_config) -> tuple[Any, Any]:
 
 
 def _load_tfds_sources(data_config) -> Sources:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
 
   name = data_config.name
   try:
@@ -160,10 +162,12 @@ def _load_tfds_sources(data_config) -> Sources:
     split = getattr(data_config, field)
     if split.split("[")[0] not in sources:
       raise ValueError(f"config.data.{field}: {name!r} has splits {sorted(sources)}, got {split!r}")
-  train = tfds.data_source(name, split=data_config.train_split, data_dir=data_config.data_dir or None)
-  evaluation = tfds.data_source(name, split=data_config.eval_split, data_dir=data_config.data_dir or None)
+  data_dir = data_config.data_dir or None
+  train = tfds.data_source(name, split=data_config.train_split, data_dir=data_dir)
+  evaluation = tfds.data_source(name, split=data_config.eval_split, data_dir=data_dir)
   label = builder.info.features["label"]
-  return Sources(train, evaluation, DatasetInfo(name, label.num_classes, len(train), len(evaluation), False))
+  return Sources(train, evaluation,
+                 DatasetInfo(name, label.num_classes, len(train), len(evaluation), False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +233,12 @@ def steps_per_epoch(num_train: int, global_batch: int) -> int:
   return num_train // global_batch
 
 
+@functools.lru_cache(maxsize=2)
+def _permutation(seed: int, window: int, num_examples: int) -> np.ndarray:
+  """The example order of one window of epochs (cached: consecutive steps share it)."""
+  return np.random.default_rng([seed, window]).permutation(num_examples)
+
+
 class _TrainIndices:
   """Random access over this host's stream of (step, slot, example index).
 
@@ -258,10 +268,6 @@ class _TrainIndices:
   def __len__(self) -> int:
     return self._total_steps * self.host_batch
 
-  @functools.lru_cache(maxsize=2)
-  def _permutation(self, window: int) -> np.ndarray:
-    return np.random.default_rng([self._seed, window]).permutation(self._num_examples)
-
   def __getitem__(self, k: int) -> tuple[int, int, int]:
     """-> (step, slot in the global batch, example index)."""
     step, host_slot = divmod(k, self.host_batch)
@@ -270,7 +276,7 @@ class _TrainIndices:
     slot = self._offset + host_slot
     step_in_window = epoch_in_window * self.steps_per_epoch + step_in_epoch
     position = step_in_window * self._distinct_per_step + slot % self._distinct_per_step
-    return step, slot, int(self._permutation(window)[position])
+    return step, slot, int(_permutation(self._seed, window, self._num_examples)[position])
 
 
 def train_batches(
@@ -302,7 +308,8 @@ def train_batches(
       .map(load)
       .batch(indices.host_batch, drop_remainder=True)
   )
-  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch * indices.host_batch)
+  read = grain.ReadOptions(num_threads=num_threads,
+                           prefetch_buffer_size=prefetch * indices.host_batch)
   return iter(dataset.to_iter_dataset(read))
 
 

@@ -88,7 +88,7 @@ def forward_macs(
   overhead = 0
   if toe is not None:
     tokens[0] = (1 + num_patches, 1 + num_patches)  # ToE comes after layer 1
-    overhead += num_patches**2 * dims.width + (num_patches - num_selected) * num_selected * dims.width
+    overhead += (num_patches**2 + (num_patches - num_selected) * num_selected) * dims.width
   if routing.drop_point == "block_input":
     overhead += sum(
         2 * dims.width**2 + (1 + stage.num_present) * dims.width * dims.num_heads
@@ -122,7 +122,8 @@ def schedule_speedup(
   dense = forward_macs(variant, **model).total
   steps = sum(p.end_step - p.start_step for p in phases)
   routed = sum(
-      (p.end_step - p.start_step) * forward_macs(variant, **model, routing=p.routing, toe=p.toe).total
+      (p.end_step - p.start_step)
+      * forward_macs(variant, **model, routing=p.routing, toe=p.toe).total
       for p in phases
   )
   return steps * dense / routed

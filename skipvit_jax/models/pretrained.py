@@ -7,9 +7,10 @@ The format is detected from the file's contents, not its name:
   vision_transformer  `.npz` of google-research/vision_transformer (the ViT paper's and AugReg
                       weights): this project's parameter names, the position embedding with a
                       [CLS] row at Transformer/posembed_input/pos_embedding.
-  big_vision          `.npz` of google-research/big_vision: blocks of MultiHeadDotProductAttention_0,
-                      LayerNorm_1, MlpBlock_0; a top-level pos_embedding without a [CLS] row (it
-                      is added before [CLS] is prepended); optionally under a `params/` prefix.
+  big_vision          `.npz` of google-research/big_vision: blocks of
+                      MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0; a top-level
+                      pos_embedding without a [CLS] row (it is added before [CLS] is
+                      prepended); optionally under a `params/` prefix.
                       Also the older layouts big_vision's `fix_old_checkpoints` accepts: the
                       position embedding in Transformer/posembed_input or Transformer/, with or
                       without a [CLS] row, and blocks stacked by `nn.scan` (encoderblock/...).
@@ -56,8 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from skipvit_jax.models.vit import ViT
 from skipvit_jax.models.routing import RoutingConfig
+from skipvit_jax.models.vit import ViT
 
 FORMATS = ("vision_transformer", "big_vision", "timm", "orbax")
 EXPORT_FORMATS = ("vision_transformer", "big_vision")
@@ -103,7 +104,7 @@ def _read(path: Path, *, read_arrays: bool = True) -> tuple[str, Flat]:
   if len(head) == 9 and 0 < header_bytes < _SAFETENSORS_HEADER_MAX and head[8:9] == b"{":
     if not read_arrays:
       return "timm", {}
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    from safetensors.numpy import load_file
     return "timm", _strip_prefix(load_file(str(path)), "module.")
   raise ValueError(
       f"{path}: not a checkpoint skipvit_jax reads (a .npz of vision_transformer or big_vision, "
@@ -130,7 +131,7 @@ def _npz_family(path: Path, flat: dict) -> str:
 
 def _read_torch(path: Path) -> Flat:
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError:
     raise ValueError(
         f"{path}: a PyTorch .pth file; reading it needs torch (pip install torch). Or convert "
@@ -148,7 +149,7 @@ def _read_torch(path: Path) -> Flat:
 
 
 def _read_orbax(path: Path) -> Flat:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp
 
   root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
   steps = [p for p in root.iterdir() if p.name.isdigit() and (p / "default").is_dir()]
@@ -362,8 +363,12 @@ def _fit(flat: Flat, model: ViT, source: str) -> Flat:
   extra = sorted((n for n in shapes if n not in expected), key=_reading_order)
   if wrong or missing or extra:
     dims = model.dims
-    problems = [f"{label}: {', '.join(items[:_MISMATCHES_SHOWN])}"
-                f"{f' and {len(items) - _MISMATCHES_SHOWN} more' if len(items) > _MISMATCHES_SHOWN else ''}"
+
+    def listed(items: list[str]) -> str:
+      shown, hidden = ", ".join(items[:_MISMATCHES_SHOWN]), len(items) - _MISMATCHES_SHOWN
+      return f"{shown} and {hidden} more" if hidden > 0 else shown
+
+    problems = [f"{label}: {listed(items)}"
                 for label, items in (("different shapes", wrong), ("missing", missing),
                                      ("not in the model", extra)) if items]
     raise ValueError(
@@ -434,7 +439,7 @@ def gelu_for(gelu: str, init_from: str) -> str:
 # Writing.
 
 
-def save(params: Any, path: str | Path, format: str = "vision_transformer") -> Path:  # pylint: disable=redefined-builtin
+def save(params: Any, path: str | Path, format: str = "vision_transformer") -> Path:
   """Writes `params` (this project's ViT parameters) as a `.npz` of `format` (EXPORT_FORMATS).
 
   vision_transformer keeps this project's names; big_vision renames the blocks' modules and

@@ -115,7 +115,8 @@ def restore_tokens(
   return jnp.concatenate([kept[:, :1], take_tokens(tokens, slot_of_position)], axis=1)
 
 
-def fuse_tokens(dropped: jax.Array, drop_scores: jax.Array, *, normalize: bool = False) -> jax.Array:
+def fuse_tokens(dropped: jax.Array, drop_scores: jax.Array, *,
+                normalize: bool = False) -> jax.Array:
   """EViT's fused token: the [CLS]-attention-weighted sum of the dropped tokens.
 
   Args:
@@ -211,7 +212,7 @@ class RoutingConfig:
     if self.return_layer is not None and not integer(self.return_layer):
       raise ValueError(f"RoutingConfig.return_layer: must be an integer layer or None, got "
                        f"{self.return_layer!r}")
-    object.__setattr__(self, "drop_layers", tuple(int(l) for l in self.drop_layers))
+    object.__setattr__(self, "drop_layers", tuple(int(layer) for layer in self.drop_layers))
     object.__setattr__(self, "drop_ratios", tuple(float(r) for r in self.drop_ratios))
     _check_choice("mode", self.mode, MODES)
     _check_choice("drop_point", self.drop_point, DROP_POINTS)

@@ -37,7 +37,7 @@ def decode_variant(variant: str) -> ViTDims:
   size, sep, patch = variant.partition("/")
   if size not in _SIZES or not sep or not patch.isdigit() or int(patch) < 1:
     raise ValueError(
-        f"model variant: expected '<size>/<patch>' with size in {sorted(_SIZES)} and a positive "
+        f"variant: expected '<size>/<patch>' with size in {sorted(_SIZES)} and a positive "
         f"patch size (e.g. 'S/16'), got {variant!r}"
     )
   width, depth, mlp_dim, num_heads = _SIZES[size]

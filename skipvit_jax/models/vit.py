@@ -26,8 +26,8 @@ import jax.numpy as jnp
 
 from skipvit_jax.models import attention, routing
 from skipvit_jax.models import toe as toe_lib
-from skipvit_jax.models.variants import ViTDims, conv_stem_channels, decode_variant
 from skipvit_jax.models.routing import RoutingConfig
+from skipvit_jax.models.variants import ViTDims, conv_stem_channels, decode_variant
 
 Array = jax.Array
 
@@ -391,7 +391,7 @@ class ViT(nn.Module):
             f"RoutingConfig.drop_layers: with ToE (after layer 1) drop layers must be in "
             f"2..{dims.depth}, got {self.routing.drop_layers}"
         )
-    self.routing_plan  # validates the routing against this model
+    _ = self.routing_plan  # validates the routing against this model
     super().__post_init__()
 
   @property

@@ -2,9 +2,10 @@
 
 XLA:CPU allocates a training step's temporaries as one block and frees it when the step ends
 (far above glibc's mmap threshold even for configs/fashion_mnist.py's small model). glibc
-serves a block that large with a fresh mmap (its mmap threshold tops out at 32 MB, and a thread's own arena
-always maps one that large) and unmaps it on free, so every step faults each of its pages back
-in, zeroed, and the kernel's page faults, unmaps and TLB flushes take a large share of the CPU.
+serves a block that large with a fresh mmap (its mmap threshold tops out at 32 MB, and a
+thread's own arena always maps one that large) and unmaps it on free, so every step faults
+each of its pages back in, zeroed, and the kernel's page faults, unmaps and TLB flushes take a
+large share of the CPU.
 One arena that never maps and never trims serves the next step's block from the memory the
 last one freed. The measurements: BENCHMARKS.md, "CPU: the trainer with glibc's malloc and
 with host_memory's".

@@ -42,7 +42,7 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       # Appending keeps the history of an interrupted run when it resumes.
       self._jsonl = open(metrics_path(workdir), "a", encoding="utf-8")
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import SummaryWriter
 
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 

@@ -146,7 +146,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   rest; then the ToE schedule against its patch count."""
   for field in ("model.variant", "model.attention", "model.dtype", "data.name"):
     _string(config, field)
-  with _naming("config."):
+  with _naming("config.model."):
     dims = decode_variant(config.model.variant)
   _number(config, "data.image_size", low=1, integer=True)
   _number(config, "model.dropout_rate", low=0, high=1, high_open=True)

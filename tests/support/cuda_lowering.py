@@ -48,7 +48,7 @@ def pretend_nvidia_gpu(compute_capability: str = "9.0", cudnn_version: int = 910
         cudnn_attention, "check_compute_capability", lambda c: capability >= _version(c)))
     stack.enter_context(mock.patch.object(
         cudnn_attention, "is_cuda_compute_capability_equal", lambda c: capability == _version(c)))
-    attention._log_fallback_once.cache_clear()  # pylint: disable=protected-access
+    attention._log_fallback_once.cache_clear()
     yield
 
 

@@ -15,7 +15,7 @@ from tests import test_train
 def main(data_dir: str, out_dir: str) -> None:
   config = test_train.tiny_config(data_dir)
   result = loop.train_and_evaluate(config, f"{out_dir}/workdir")
-  import jax  # pylint: disable=g-import-not-at-top  (after train initialised the runtime)
+  import jax  # only after the trainer initialised the distributed runtime
 
   leaves = {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(result.params))}
   np.savez(f"{out_dir}/params_{jax.process_index()}.npz", step=result.step,

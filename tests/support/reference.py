@@ -98,7 +98,7 @@ def vit_forward(params, images, *, patch_size, drop_layers=(), num_keeps=(), ret
   enc = p["Transformer"]
   depth = sum(1 for name in enc if name.startswith("encoderblock_"))
   logits, keeps = [], [[] for _ in drop_layers]
-  for b, image in enumerate(np.asarray(images, np.float64)):
+  for image in np.asarray(images, np.float64):
     side = image.shape[0] // patch_size
     kernel = p["embedding"]["kernel"]  # (p, p, 3, C); (1, 1, C, C) after a convolutional stem
     if "stem" in p:
@@ -124,7 +124,7 @@ def vit_forward(params, images, *, patch_size, drop_layers=(), num_keeps=(), ret
         waiting = []
       stage = drop_layers.index(layer) if layer in drop_layers else None
 
-      def split(x, scores):
+      def split(x, scores, stage, waiting):
         keep, drop = split_indices(scores[None], num_keeps[stage])
         keep, drop = keep[0], drop[0]
         keeps[stage].append(keep)
@@ -138,14 +138,17 @@ def vit_forward(params, images, *, patch_size, drop_layers=(), num_keeps=(), ret
         return kept
 
       if stage is not None and drop_point == "block_input":
-        _, probs = _attention(_layer_norm(x, blk["LayerNorm_0"]), blk["MultiHeadDotProductAttention_1"])
-        x = split(x, probs[:, 0, 1:].mean(0))
-      out, probs = _attention(_layer_norm(x, blk["LayerNorm_0"]), blk["MultiHeadDotProductAttention_1"])
+        _, probs = _attention(_layer_norm(x, blk["LayerNorm_0"]),
+                              blk["MultiHeadDotProductAttention_1"])
+        x = split(x, probs[:, 0, 1:].mean(0), stage, waiting)
+      out, probs = _attention(_layer_norm(x, blk["LayerNorm_0"]),
+                              blk["MultiHeadDotProductAttention_1"])
       x = x + out
       if stage is not None and drop_point == "after_attention":
-        x = split(x, probs[:, 0, 1:].mean(0))
+        x = split(x, probs[:, 0, 1:].mean(0), stage, waiting)
       mlp = blk["MlpBlock_3"]
-      y = _gelu(_layer_norm(x, blk["LayerNorm_2"]) @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"])
+      hidden = _layer_norm(x, blk["LayerNorm_2"]) @ mlp["Dense_0"]["kernel"]
+      y = _gelu(hidden + mlp["Dense_0"]["bias"])
       x = x + y @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"]
     cls = _layer_norm(x, enc["encoder_norm"])[0]
     logits.append(cls @ p["head"]["kernel"] + p["head"]["bias"])

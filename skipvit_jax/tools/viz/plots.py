@@ -14,7 +14,7 @@ from skipvit_jax.tools.viz import maps as patch_maps  # `maps` names the map arr
 
 
 def _pyplot():
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   return plt
 
@@ -70,13 +70,14 @@ def plot_cls_attention(
     if masks is not None:
       axes[i, 1].imshow(masks[i], cmap="gray")
       axes[i, 1].set_title("object", fontsize=7)
-    for l in range(num_layers):
-      ax = axes[i, lead + l]
+    for layer in range(1, num_layers + 1):
+      ax = axes[i, lead + layer - 1]
       # Each map on its own scale: later layers concentrate [CLS] attention on fewer tokens.
-      ax.imshow(np.ma.masked_invalid(patch_maps.patch_image(maps[l, i], patch_size)), cmap=cmap)
+      ax.imshow(np.ma.masked_invalid(patch_maps.patch_image(maps[layer - 1, i], patch_size)),
+                cmap=cmap)
       if i == 0:
-        mark = " drop" if l + 1 in drop_layers else (" ret" if l + 1 == return_layer else "")
-        ax.set_title(f"L{l + 1}{mark}", fontsize=7)
+        mark = " drop" if layer in drop_layers else (" ret" if layer == return_layer else "")
+        ax.set_title(f"L{layer}{mark}", fontsize=7)
   return _image_grid_done(fig, axes)
 
 
@@ -146,7 +147,7 @@ def plot_toe(
     The matplotlib Figure.
   """
   plt = _pyplot()
-  from matplotlib.collections import LineCollection  # pylint: disable=g-import-not-at-top
+  from matplotlib.collections import LineCollection
 
   num_images = images.shape[0]
   grid = math.isqrt(rank.shape[-1])
