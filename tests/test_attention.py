@@ -50,6 +50,7 @@ def test_outputs_are_returned_only_when_asked():
 
 @pytest.mark.parametrize(
     "implementation", ["auto", "dot_product_attention", "cudnn", "pallas", "pallas_interpret"])
+@pytest.mark.slow
 def test_implementations_make_the_same_routing_decisions(implementation):
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   routing = RoutingConfig((4, 7), (0.3, 0.3), 10)
@@ -93,6 +94,7 @@ def test_auto_picks_per_backend():
 
 @pytest.mark.parametrize("num_tokens", [46, 65, 90, 91, 99, 148, 197])
 @pytest.mark.parametrize("multiple", [attention.CUDNN_TOKEN_MULTIPLE, 8, 64])
+@pytest.mark.slow
 def test_padded_attention_equals_unpadded_in_outputs_and_gradients(num_tokens, multiple):
   # The padding the cuDNN path uses, run through XLA: padding keys are masked and padding
   # rows dropped, so nothing of the padding reaches the output or the gradients.
@@ -136,6 +138,7 @@ def test_unknown_implementation_is_rejected():
 
 
 @pytest.mark.parametrize("implementation", ["pallas_interpret", "cudnn"])
+@pytest.mark.slow
 def test_gradients_through_the_model_match_xla(implementation):
   # "cudnn" off a GPU runs its token padding on XLA, here of the odd counts 65 and, after the
   # drop, 33: gradients through the routed model must not see the padding.
@@ -156,6 +159,7 @@ def test_gradients_through_the_model_match_xla(implementation):
     np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_an_unknown_platform_falls_back_on_every_path_and_trains(monkeypatch, caplog):
   """What a PJRT plugin (Ascend, ...) sees: no cuDNN, no Pallas lowering, XLA for "auto"."""
   monkeypatch.setattr(jax, "default_backend", lambda: "someplugin")

@@ -14,6 +14,7 @@ from skipvit_jax.models import flops
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_smoke(tmp_path):
   report = train_step.main([
       "--variant=Te/4", "--image_size=32", "--num_classes=10", "--batch_size=4",
@@ -44,6 +45,7 @@ def test_train_step_benchmark_smoke(tmp_path):
   assert report["results"][3]["toe_tokens"] == 33
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_times_the_conv_stem_model(capsys):
   report = train_step.main([
       "--variant=Te/4", "--stem=conv", "--image_size=32", "--num_classes=10", "--batch_size=4",
@@ -90,6 +92,7 @@ def test_input_pipeline_benchmark_jpeg_with_deit_augmentation():
   assert result["train_images_per_sec"] > 0 and result["eval_images_per_sec"] > 0
 
 
+@pytest.mark.slow
 def test_host_malloc_benchmark_smoke(tmp_path):
   """Two tiny trainer runs, glibc's malloc and the retained one, each timed and accounted."""
   tiny = [f"--config.data.data_dir={tmp_path}", "--config.data.synthetic.num_train=64",
@@ -116,6 +119,7 @@ def test_model_and_benchmarks_import_without_the_data_stack():
   subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_writes_every_field(tmp_path):
   report = gpu_check.main(["--smoke", f"--out_dir={tmp_path}"])
   written = json.loads((tmp_path / "gpu_check.json").read_text())

@@ -154,6 +154,7 @@ def _assert_kernels(text: str, model, kernel: str, *, backward: bool) -> None:
 
 @pytest.mark.parametrize("case,implementation,dtype", SMALL_MATRIX,
                          ids=["-".join(params) for params in SMALL_MATRIX])
+@pytest.mark.slow
 def test_small_train_step_lowers_for_cuda(case, implementation, dtype, caplog):
   config, phase = _small_config(case)
   config.model.attention, config.model.dtype = implementation, dtype
@@ -166,6 +167,7 @@ def test_small_train_step_lowers_for_cuda(case, implementation, dtype, caplog):
 
 
 @pytest.mark.parametrize("case", S16_CASES)
+@pytest.mark.slow
 def test_vit_s16_train_step_lowers_with_cudnn_for_every_token_count(case):
   config, phase, token_counts = S16_CASES[case]
   assert (config.model.attention, config.model.dtype) == ("auto", "bfloat16")
@@ -175,6 +177,7 @@ def test_vit_s16_train_step_lowers_with_cudnn_for_every_token_count(case):
   _assert_kernels(text, model, "cudnn", backward=True)
 
 
+@pytest.mark.slow
 def test_vit_s16_train_step_lowers_with_the_pallas_kernel():
   config = skipvit_s16_imagenet.get_config("row=6-55-11")
   config.model.attention = "pallas"

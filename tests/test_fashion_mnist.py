@@ -191,6 +191,7 @@ def test_other_image_sizes_are_rejected(tmp_path):
 
 
 @needs_real_files
+@pytest.mark.slow
 def test_the_builder_prepares_the_real_files(tmp_path):
   images, labels = fashion_mnist.read_split(REAL_FILES, "test")
   assert images.shape == (10_000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
@@ -205,6 +206,7 @@ def test_the_builder_prepares_the_real_files(tmp_path):
 
 
 @needs_real_files
+@pytest.mark.slow
 def test_a_short_training_run_learns_the_real_images(tmp_path):
   # configs/fashion_mnist.py's 6-55-11 row shrunk to 200 steps of batch 64 on 7 px patches
   # (16 patches): about a minute on 2 cores, against 6 epochs of 4 px patches for the recipe.

@@ -55,6 +55,7 @@ def assert_bitwise_equal(params: dict, reference: dict) -> None:
 
 
 @pytest.mark.parametrize("point", stopping.FAULT_POINTS)
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_last_step_and_the_rerun_ends_bitwise_equal(
     data_dir, reference, tmp_path, monkeypatch, point):
   workdir = str(tmp_path / "run")
@@ -100,6 +101,7 @@ def run_main(data_dir, workdir, fault: str = "") -> subprocess.CompletedProcess:
   return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_main_exits_143_on_sigterm_and_resumes(data_dir, reference, tmp_path):
   stopped = run_main(data_dir, tmp_path, f"SIGTERM@eval:{FAULT_STEP}")
   assert stopped.returncode == stopping.EXIT_PREEMPTED, stopped.stderr[-2000:]
@@ -114,6 +116,7 @@ def test_main_exits_143_on_sigterm_and_resumes(data_dir, reference, tmp_path):
     ("save", FAULT_STEP, {None, 4}),  # the write at 4 may or may not have completed
     ("save", 8, {4, 8}),
 ])
+@pytest.mark.slow
 def test_sigkill_anywhere_loses_at_most_the_steps_since_the_last_checkpoint(
     data_dir, reference, tmp_path, point, step, latest):
   killed = run_main(data_dir, tmp_path, f"SIGKILL@{point}:{step}")
@@ -141,6 +144,7 @@ def damage(workdir, step: int, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["truncate", "delete"])
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     data_dir, reference, tmp_path, caplog, how):
   workdir = str(tmp_path)
@@ -157,6 +161,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   assert_bitwise_equal(pretrained._flatten(resumed.params), reference)
 
 
+@pytest.mark.slow
 def test_no_usable_checkpoint_is_one_clear_error(data_dir, tmp_path):
   workdir = str(tmp_path)
   loop.train_and_evaluate(tiny_config(data_dir, stop_after_step=4, checkpoint_every_steps=2),
@@ -172,6 +177,7 @@ def test_no_usable_checkpoint_is_one_clear_error(data_dir, tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]  # left as found
 
 
+@pytest.mark.slow
 def test_resuming_with_a_changed_config_lists_the_differences(data_dir, tmp_path, caplog):
   workdir = str(tmp_path)
   loop.train_and_evaluate(tiny_config(data_dir, stop_after_step=4), workdir)
@@ -220,6 +226,7 @@ def test_a_workdir_from_before_model_gelu_resumes_as_the_tanh_gelu(data_dir):
 # A non-finite loss.
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_finite_state(data_dir, tmp_path):
   # Step 1 runs at the warm-up's 1e-6; step 2's learning rate (~5e29) blows the parameters up,
   # so step 3's loss is not finite.

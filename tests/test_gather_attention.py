@@ -227,6 +227,7 @@ def test_lowers_to_triton(dtype):
   assert cuda_lowering.triton_kernel_names(text) == {"gather_attention_fwd", "gather_attention_bwd"}
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(tmp_path):
   out = tmp_path / "bench.json"
   benchmark.main(["--tiny", "--interpret", "--keep", "8", "--runs", "3", "--warmup", "0",

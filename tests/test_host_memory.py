@@ -42,6 +42,7 @@ def _page_faults(mode: str) -> tuple[bool, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc: Linux only")
+@pytest.mark.slow
 def test_a_freed_block_is_reused_not_faulted_in_again():
   applied, retained = _page_faults("retain")
   _, system = _page_faults("system")

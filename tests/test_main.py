@@ -33,6 +33,7 @@ def error_line(result: subprocess.CompletedProcess, data_dir: Path) -> str:
   return lines[-1]
 
 
+@pytest.mark.slow
 def test_an_unknown_config_field_is_named_with_the_nearest_fields(tmp_path):
   result = run_main("--config.model.no_such_field=3", f"--workdir={tmp_path / 'run'}",
                     data_dir=tmp_path / "tfds")
@@ -51,6 +52,7 @@ def test_a_value_of_the_wrong_type_is_one_line(tmp_path):
       "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'")
 
 
+@pytest.mark.slow
 def test_a_missing_config_file_and_a_bad_config_argument_are_one_line(tmp_path):
   result = run_main("--config=configs/no_such_config.py", f"--workdir={tmp_path / 'run'}",
                     data_dir=tmp_path / "tfds")
@@ -63,6 +65,7 @@ def test_a_missing_config_file_and_a_bad_config_argument_are_one_line(tmp_path):
       "['baseline', 'toe']")
 
 
+@pytest.mark.slow
 def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
   not_a_directory = tmp_path / "a_file"
   not_a_directory.write_text("")
@@ -71,6 +74,7 @@ def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
       f"error: cannot create workdir {not_a_directory / 'run'}: Not a directory")
 
 
+@pytest.mark.slow
 def test_missing_flags_and_extra_arguments_are_one_line(tmp_path):
   result = run_main(data_dir=tmp_path / "tfds")
   assert error_line(result, tmp_path / "tfds") == (
@@ -85,12 +89,14 @@ def test_missing_flags_and_extra_arguments_are_one_line(tmp_path):
      "error: RoutingConfig.return_layer: must be in 7..12 (after the last drop layer 6), got 5 "
      "(config.routing)"),
 ])
+@pytest.mark.slow
 def test_a_config_that_validation_rejects_is_one_line_naming_the_field(tmp_path, override,
                                                                        message):
   result = run_main(override, f"--workdir={tmp_path / 'run'}", data_dir=tmp_path / "tfds")
   assert error_line(result, tmp_path / "tfds") == message
 
 
+@pytest.mark.slow
 def test_a_crash_in_a_config_file_keeps_its_traceback(tmp_path):
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config(arg=None):\n  return None + 1\n")

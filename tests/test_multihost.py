@@ -25,6 +25,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
   data_dir = str(tmp_path / "tfds")
   pipeline.load_sources(test_train.tiny_config(data_dir).data)  # generate once, up front

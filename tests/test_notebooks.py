@@ -84,6 +84,7 @@ assert 0 <= images.min() and images.max() <= 1
 """
 
 
+@pytest.mark.slow
 def test_attention_maps_notebook_trains_a_demo_and_plots(tmp_path):
   notebook = _execute("attention_maps.ipynb", tmp_path, ATTENTION_CHECKS, NUM_IMAGES=2,
                       DEMO_TRAIN_EXAMPLES=256, DEMO_TEST_EXAMPLES=16, DEMO_EPOCHS=2.0,
@@ -92,6 +93,7 @@ def test_attention_maps_notebook_trains_a_demo_and_plots(tmp_path):
   assert _images(notebook) == 4
 
 
+@pytest.mark.slow
 def test_sweep_results_notebook_plots_a_sweep(tmp_path):
   def row(name, top1, speedup, overrides=None, status="done"):
     return {"name": name, "seed": 0, "base": "configs/default.py:baseline",
@@ -110,6 +112,7 @@ def test_sweep_results_notebook_plots_a_sweep(tmp_path):
   assert _images(notebook) == 2  # the Pareto plot and the per-parameter effects
 
 
+@pytest.mark.slow
 def test_sweep_results_notebook_shows_the_committed_reproduction_by_default(tmp_path):
   notebook = _execute("sweep_results.ipynb", tmp_path)
   text = "".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from skipvit_jax import RoutingConfig, ViT
 
@@ -22,6 +23,7 @@ def _logits_and_kept(routing):
   return out
 
 
+@pytest.mark.slow
 def test_bfloat16_dense_logits_track_float32():
   (logits32, _), (logits16, _) = _logits_and_kept(RoutingConfig())
   assert logits16.dtype == np.float32  # the head runs in float32
@@ -29,6 +31,7 @@ def test_bfloat16_dense_logits_track_float32():
   np.testing.assert_allclose(logits16, logits32, atol=0.05 * np.std(logits32))
 
 
+@pytest.mark.slow
 def test_bfloat16_routing_flips_only_near_ties():
   (logits32, kept32), (logits16, kept16) = _logits_and_kept(RoutingConfig((6,), (0.5,), 11))
   overlap = [len(set(a) & set(b)) / len(a) for a, b in zip(kept32, kept16)]

@@ -10,6 +10,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 import kernels
 from kernels import gather_attention
 from skipvit_jax.tools.sweep import results, schema
@@ -33,6 +35,7 @@ def test_no_other_distribution_provides_kernels():
   assert owners <= {"skipvit_jax"}, f"`kernels` is also installed by {owners - {'skipvit_jax'}}"
 
 
+@pytest.mark.slow
 def test_a_wheel_install_runs_a_sweep_outside_the_repository(tmp_path):
   # A real (non-editable) install: this checkout built into a wheel with this environment's
   # setuptools (no network), installed into a fresh venv that borrows only this environment's

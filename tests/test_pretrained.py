@@ -179,6 +179,7 @@ def timm_forward_float64(sd: dict, images: np.ndarray, heads: int) -> np.ndarray
 # Loading each format.
 
 
+@pytest.mark.slow
 def test_vision_transformer_npz_loads_to_the_same_logits(source, tmp_path):
   model, params, images, expected = source
   path = tmp_path / "augreg.npz"
@@ -245,6 +246,7 @@ def test_pth_without_torch_says_how_to_convert(tmp_path, monkeypatch):
   assert "deit.safetensors" in str(error.value)
 
 
+@pytest.mark.slow
 def test_orbax_checkpoint_of_this_project_loads_from_any_of_its_directories(source, tmp_path):
   model, params, images, expected = source
   optimizer = optax.adam(1e-3)
@@ -300,6 +302,7 @@ def test_exported_file_has_vision_transformer_names(source, tmp_path):
     pretrained.save(params, tmp_path / "x.npz", format="timm")
 
 
+@pytest.mark.slow
 def test_export_command_writes_a_workdirs_parameters(source, tmp_path, capsys):
   model, params, _, _ = source
   optimizer = optax.adam(1e-3)
@@ -335,6 +338,7 @@ def test_position_embedding_resize_by_hand():
   np.testing.assert_allclose(resized[0, 1:, 0].reshape(4, 4), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_runs_at_another_resolution(source, tmp_path, caplog):
   _, params, _, _ = source
   np.savez(tmp_path / "vit.npz", **flat_names(params))
@@ -408,6 +412,7 @@ def test_a_patch_checkpoint_into_the_conv_stem_is_an_error_naming_the_stem(sourc
 # The model's GELU and the config's choices.
 
 
+@pytest.mark.slow
 def test_gelu_choice_changes_the_function(source):
   _, params, images, expected = source
   assert GELUS == ("tanh", "exact")
@@ -451,6 +456,7 @@ def tiny_run_config(data_dir, *, image_size: int, steps: int, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_an_export_beats_the_same_run_from_scratch(tmp_path, caplog):
   # A short dense run at 32 px (4 x 4 patches), exported as a vision_transformer .npz, then
   # fine-tuned at 40 px (5 x 5 patches) with 6-55-11 routing from the first step.

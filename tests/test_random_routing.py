@@ -70,6 +70,7 @@ def test_random_subsets_are_uniform():
   assert np.abs(frequency - 29 / 64).max() < 0.08
 
 
+@pytest.mark.slow
 def test_random_routing_trains_in_one_compiled_step_with_new_subsets_each_step():
   model = _model(RANDOM)
   optimizer = optax.adamw(1e-3)

@@ -115,6 +115,7 @@ def _batch(size: int, seed: int = 1) -> dict:
                          "label": rng.integers(0, 10, size).astype(np.int32)})
 
 
+@pytest.mark.slow
 def test_ema_equals_the_closed_form_average_of_the_trajectory():
   model = ViT(variant="Te/4", num_classes=10, image_size=32)
   optimizer = optax.adamw(1e-2, weight_decay=0.05, mask=optim.weight_decay_mask)
@@ -137,6 +138,7 @@ def test_ema_equals_the_closed_form_average_of_the_trajectory():
                          _flat_names(trajectory[-1])["head/kernel"])
 
 
+@pytest.mark.slow
 def test_accumulated_micro_batches_give_the_update_of_one_large_batch():
   model = ViT(variant="Te/4", num_classes=10, image_size=32)
   optimizer = optax.sgd(0.5)  # plain SGD: the update is the gradient itself, scaled
@@ -166,6 +168,7 @@ def _loss_fn(model: ViT, images: jax.Array, labels: jax.Array):
   return loss
 
 
+@pytest.mark.slow
 def test_remat_keeps_loss_and_gradients():
   kwargs = dict(variant="Te/4", num_classes=10, image_size=32, stochastic_depth=0.2,
                 dropout_rate=0.1)
@@ -185,6 +188,7 @@ def test_remat_keeps_loss_and_gradients():
                                atol=1e-6 * scale, err_msg=name)
 
 
+@pytest.mark.slow
 def test_remat_shrinks_the_compiled_training_steps_temporaries():
   """XLA's memory analysis of the benchmark's (the trainer's) compiled step; on a CPU compiled
   with remat's optimisation barriers kept, as GPU compilers keep them (remat_memory's

@@ -295,6 +295,7 @@ def test_run_that_outlasts_the_timeout_is_stopped_and_recorded(tmp_path):
   assert not (tmp_path / "dense_seed0" / schema.DONE_FILE).exists()
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end(tmp_path):
   path = write_sweep(tmp_path / "three.py", repr([
       {"name": "dense"},

@@ -350,6 +350,7 @@ def test_low_precision_input_keeps_its_dtype():
 # Gradients and compilation.
 
 
+@pytest.mark.slow
 def test_gradient_is_the_slot_cotangent_over_the_group_size():
   plan = _plan(LVVIT_S, 196, 1)
   x = _smooth_tokens(5, 2, 196, 4).astype(np.float32)
@@ -366,6 +367,7 @@ def test_gradient_is_the_slot_cotangent_over_the_group_size():
       np.testing.assert_allclose(grad[b, 1 + p], cotangent[b, 1 + j] / sizes[j], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_no_gradient_through_the_selection():
   plan = _plan(DEIT_S, 64, 2)
   x = _random_tokens(7, 2, 64, 5).astype(np.float32)
@@ -391,6 +393,7 @@ def test_no_gradient_through_the_selection():
   np.testing.assert_allclose(jax.grad(loss)(x), jax.grad(fixed_index_loss)(x), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_jit_compiles_once_per_plan_and_matches_eager():
   plans = [_plan(DEIT_S, 64, 1), _plan(DEIT_S, 64, 2)]
   xs = [_smooth_tokens(seed, 2, 64, 4).astype(np.float32) for seed in (10, 11)]

@@ -25,6 +25,7 @@ def _run(model, images, params=None):
   return params, logits, aux, state["intermediates"]["Transformer"]
 
 
+@pytest.mark.slow
 def test_toe_reduces_every_layer_after_the_first():
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   _, _, aux, inter = _run(ViT(**TINY, toe=STAGE1), images)
@@ -36,6 +37,7 @@ def test_toe_reduces_every_layer_after_the_first():
   np.testing.assert_array_equal(aux["toe"]["out_index"], out_index)
 
 
+@pytest.mark.slow
 def test_toe_with_skipvit_ranks_and_restores_within_toe_sequence():
   images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
   model = ViT(**TINY, routing=SKIP, toe=STAGE1)
@@ -79,6 +81,7 @@ def test_flops_with_toe_and_skipvit():
   assert macs.routing_overhead > 0  # ToE's similarities and merge, reported apart
 
 
+@pytest.mark.slow
 def test_training_crosses_every_toe_stage_and_resumes_into_stage_two(tmp_path, monkeypatch):
   data_dir = str(tmp_path / "tfds")
   overrides = {"toe.enabled": True, "toe.expansion_epochs": (0, 1, 2), "num_epochs": 3.0,

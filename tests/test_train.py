@@ -55,6 +55,7 @@ def tiny_config(data_dir, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_main_end_to_end_on_two_devices(data_dir, tmp_path):
   workdir = tmp_path / "run"
   # The two CPU devices come from config.num_cpu_devices, not from XLA_FLAGS.
@@ -100,6 +101,7 @@ def test_cpu_devices_cannot_change_once_jax_has_started(caplog):
   assert jax.local_device_count() == 2
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
   config = tiny_config(data_dir, eval_every_epochs=10.0)
   straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
@@ -115,6 +117,7 @@ def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
   """Mixup, cutmix, label smoothing, random translation, RandAugment, random erasing,
   repeated augmentation, the EMA and gradient accumulation in one run; stopped and resumed, it
@@ -151,6 +154,7 @@ def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
                                                       jax.tree.leaves(run.params)))
 
 
+@pytest.mark.slow
 def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, monkeypatch):
   train_steps = count_traces(monkeypatch, step_lib, "train_step")
   eval_steps = count_traces(monkeypatch, evaluate, "eval_step")
@@ -161,6 +165,7 @@ def test_drop_warmup_then_routing_compiles_two_train_steps(data_dir, tmp_path, m
   assert [c["model"].routing.routes for c in eval_steps.calls] == [True, False]
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step(data_dir, tmp_path):
   config = tiny_config(data_dir, **{"optimizer.lr": 1e30, "optimizer.warmup_epochs": 0.0})
   with pytest.raises(loop.NonFiniteError, match=r"step \d+: loss or gradient is not finite"):

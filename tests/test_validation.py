@@ -158,6 +158,7 @@ def assert_forward_has_the_planned_token_counts(config) -> None:
 
 @FUZZ
 @given(st.data())
+@pytest.mark.slow
 def test_fuzzed_configs_run_as_planned_or_name_the_field(data):
   config = tiny_base()
   names = data.draw(st.lists(st.sampled_from(sorted(FIELDS) + ["routing", "toe"]), max_size=4,
@@ -180,6 +181,7 @@ def test_fuzzed_configs_run_as_planned_or_name_the_field(data):
 
 @FUZZ
 @given(fields=routing_fields(), num_patches=ints(1, 80))
+@pytest.mark.slow
 def test_fuzzed_routing_configs_plan_or_name_the_field(fields, num_patches):
   try:
     config = RoutingConfig(
@@ -213,6 +215,7 @@ def test_fuzzed_routing_configs_plan_or_name_the_field(fields, num_patches):
 @FUZZ
 @given(fields=toe_fields(), num_patches=st.one_of(ints(16, 200), ints(-1, 15)),
        epoch=st.one_of(st.floats(0.0, 6.0), floats(-1.0, 6.0)))
+@pytest.mark.slow
 def test_fuzzed_toe_schedules_plan_or_name_the_field(fields, num_patches, epoch):
   epochs, rates = fields["toe.expansion_epochs"], fields["toe.keep_rates"]
   init_rate, substeps = fields["toe.init_rate"], fields["toe.substeps"]

@@ -72,6 +72,7 @@ def test_parameter_names_follow_vit_jax():
      RoutingConfig((3, 8), (0.5, 0.25), mode="drop")],
     ids=["dense", "skip", "two_stage", "block_input", "fused", "drop"],
 )
+@pytest.mark.slow
 def test_forward_matches_numpy_reference(routing):
   model = ViT(**TINY, routing=routing)
   params = _params(model)
@@ -90,6 +91,7 @@ def test_forward_matches_numpy_reference(routing):
 
 
 @pytest.mark.parametrize("routing", [RoutingConfig(), SKIP], ids=["dense", "skip"])
+@pytest.mark.slow
 def test_conv_stem_forward_matches_numpy_reference(routing):
   model = ViT(**TINY, routing=routing, stem="conv")
   params = _params(model)
@@ -113,6 +115,7 @@ def test_conv_stem_forward_matches_numpy_reference(routing):
     np.testing.assert_array_equal(record["keep_idx"], want_keep)
 
 
+@pytest.mark.slow
 def test_ratio_zero_gives_identical_logits_to_no_routing():
   dense = ViT(**TINY)
   params = _params(dense)
@@ -131,6 +134,7 @@ def _intermediates(model, params, images):
   )
 
 
+@pytest.mark.slow
 def test_reduced_layers_run_on_kept_tokens_only():
   model = ViT(**TINY, routing=SKIP)
   (_, aux), state = _intermediates(model, _params(model), _images(2))
@@ -148,6 +152,7 @@ def test_reduced_layers_run_on_kept_tokens_only():
 
 @pytest.mark.parametrize("routing", [SKIP, TWO_STAGE,
                                      RoutingConfig((6,), (0.5,), 9, drop_point="block_input")])
+@pytest.mark.slow
 def test_dropped_tokens_return_unchanged_to_their_positions(routing):
   model = ViT(**TINY, routing=routing)
   params = _params(model)
@@ -168,6 +173,7 @@ def test_dropped_tokens_return_unchanged_to_their_positions(routing):
     np.testing.assert_array_equal(returned[b, 0], last_out[b, 0])
 
 
+@pytest.mark.slow
 def test_dropped_tokens_leave_after_the_attention_residual():
   model = ViT(**TINY, routing=SKIP)
   (_, aux), state = _intermediates(model, _params(model), _images(2))
@@ -183,6 +189,7 @@ def test_dropped_tokens_leave_after_the_attention_residual():
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_block_input_scores_equal_the_layers_cls_attention_row():
   routing = RoutingConfig((6,), (0.5,), 9, drop_point="block_input")
   model = ViT(**TINY, routing=routing)
@@ -212,6 +219,7 @@ def test_capture_attention_returns_every_layers_probabilities():
   )
 
 
+@pytest.mark.slow
 def test_fused_mode_appends_one_token_and_never_returns():
   model = ViT(**TINY, routing=RoutingConfig((6,), (0.45,), mode="fused"))
   (_, aux), state = _intermediates(model, _params(model), _images(2))
@@ -226,6 +234,7 @@ def _loss_fn(model):
   return loss
 
 
+@pytest.mark.slow
 def test_gradients_are_finite_and_reach_every_parameter():
   model = ViT(**TINY, routing=TWO_STAGE, dropout_rate=0.1, stochastic_depth=0.1)
   params = _params(model)
@@ -236,6 +245,7 @@ def test_gradients_are_finite_and_reach_every_parameter():
     assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once_across_fresh_batches():
   model = ViT(**TINY, routing=SKIP)
   optimizer = optax.adamw(1e-3)
@@ -261,6 +271,7 @@ def test_train_step_compiles_once_across_fresh_batches():
   assert compiles[0] == 1
 
 
+@pytest.mark.slow
 def test_pmap_over_two_devices_matches_one_device():
   assert jax.local_device_count() >= 2, "conftest sets two fake CPU devices"
   model = ViT(**TINY, routing=SKIP)
@@ -335,6 +346,7 @@ def reference_token_positions(aux, routing: RoutingConfig, num_patches: int, bat
     (RoutingConfig((2, 5), (0.3, 0.3), 9), True),
 ], ids=["dense", "skip", "fused", "two_stage", "block_input", "drop", "toe+skip",
         "toe+two_stage_at_layer_2"])
+@pytest.mark.slow
 def test_token_positions_in_aux_match_a_numpy_replay(routing, toe_stage):
   plan = None
   if toe_stage:

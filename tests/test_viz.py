@@ -95,6 +95,7 @@ def test_maps_put_each_tokens_attention_on_its_patch(seen_at):
     np.testing.assert_array_equal(maps[layer - 1, 0], want)
 
 
+@pytest.mark.slow
 def test_toe_positions_follow_out_index_and_keep_idx(toe_skip_aux):
   positions = toe_skip_aux["token_positions"]
   toe_positions = toe_skip_aux["toe"]["out_index"][:, 1:] - 1
