@@ -291,8 +291,8 @@ def merge_assignment(
 def _cosine_similarities(patches: jax.Array, precision: jax.lax.PrecisionLike) -> jax.Array:
   """patches: (B, P, C) -> (B, P, P) cosine similarities, without gradient.
 
-  All pairs at once: P^2 C MACs (DeiT-S: 14.8 M per image, against the reference's ~10 M /
-  16 M of sub-block matmuls in stages 1 / 2) and a (B, P, P) buffer. Every later decision
+  All pairs at once: P^2 C MACs (docs/method.md §3.4 compares it with the reference's
+  sub-block matmuls) and a (B, P, P) buffer. Every later decision
   reads these same numbers, so updating the best similarity with only the newly added tokens
   gives bit for bit what recomputing it over the whole selected set would.
   """
