@@ -21,7 +21,7 @@ from skipvit_jax.data import pipeline
 from skipvit_jax.models import pretrained
 from skipvit_jax.models.vit import GELUS
 from skipvit_jax.tools import export
-from skipvit_jax.train import checkpointing, loop
+from skipvit_jax.train import checkpointing, loop, plan
 from skipvit_jax.train import step as step_lib
 
 IMAGE, PATCH, CLASSES = 32, 8, 5
@@ -426,10 +426,13 @@ def test_auto_gelu_follows_the_checkpoint_family(source, tmp_path):
   _, params, _, _ = source
   np.savez(tmp_path / "vit.npz", **flat_names(params))
   save_file(timm_layout(flat_names(params), 2), str(tmp_path / "deit.safetensors"))
-  assert pretrained.gelu_for("auto", "") == "tanh"
-  assert pretrained.gelu_for("auto", str(tmp_path / "vit.npz")) == "tanh"
-  assert pretrained.gelu_for("auto", str(tmp_path / "deit.safetensors")) == "exact"
-  assert pretrained.gelu_for("tanh", str(tmp_path / "deit.safetensors")) == "tanh"
+  vit, deit = str(tmp_path / "vit.npz"), str(tmp_path / "deit.safetensors")
+  assert (pretrained.checkpoint_gelu(vit), pretrained.checkpoint_gelu(deit)) == ("tanh", "exact")
+  config = default.get_config()
+  for init_from, gelu, resolved in [("", "auto", "tanh"), (vit, "auto", "tanh"),
+                                    (deit, "auto", "exact"), (deit, "tanh", "tanh")]:
+    config.init_from, config.model.gelu = init_from, gelu
+    assert plan.resolve_gelu(config) == resolved
 
 
 # --------------------------------------------------------------------------------------------

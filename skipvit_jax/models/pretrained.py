@@ -58,7 +58,7 @@ import numpy as np
 from absl import logging
 
 from skipvit_jax.models.routing import RoutingConfig
-from skipvit_jax.models.vit import ViT
+from skipvit_jax.models.vit import GELUS, ViT
 
 FORMATS = ("vision_transformer", "big_vision", "timm", "orbax")
 EXPORT_FORMATS = ("vision_transformer", "big_vision")
@@ -403,8 +403,8 @@ def load(path: str | Path, model: ViT) -> dict:
     flat = _from_big_vision(flat)
   elif fmt == "timm":
     flat = _from_timm(flat, model.dims.num_heads)
-  gelu = GELU.get(fmt) or orbax_gelu(path)
-  if gelu != model.gelu:
+  gelu = checkpoint_gelu(path)
+  if gelu is not None and gelu != model.gelu:
     logging.warning("%s was trained with the %s GELU and the model uses the %s one: its outputs "
                     "will differ (ViT(gelu=%r) or config.model.gelu='auto' matches it)", source,
                     gelu, model.gelu, gelu)
@@ -413,26 +413,21 @@ def load(path: str | Path, model: ViT) -> dict:
   return _unflatten(params)
 
 
-def orbax_gelu(path: str | Path) -> str:
-  """The GELU of the run an orbax checkpoint came from (its workdir's config.json; "tanh" when
-  it is not found or predates the choice)."""
+def checkpoint_gelu(path: str | Path) -> str | None:
+  """The GELU the checkpoint at `path` was trained with: its family's (GELU), or for this
+  project's own checkpoints the one its run's config.json records. None where nothing records
+  it (a run from before the choice existed, or checkpoints away from their workdir): the
+  trainer's table of old-config defaults decides then."""
+  fmt = checkpoint_format(path)
+  if fmt in GELU:
+    return GELU[fmt]
   path = Path(path).resolve()
   for directory in (path, *path.parents[:3]):
     config = directory / "config.json"
     if config.exists():
-      model = json.loads(config.read_text(encoding="utf-8")).get("model", {})
-      return model.get("gelu", "tanh") if model.get("gelu") != "auto" else "tanh"
-  return "tanh"
-
-
-def gelu_for(gelu: str, init_from: str) -> str:
-  """config.model.gelu resolved: "auto" is the checkpoint's (`init_from`), else "tanh"."""
-  if gelu != "auto":
-    return gelu
-  if not init_from:
-    return "tanh"
-  fmt = checkpoint_format(init_from)
-  return GELU.get(fmt) or orbax_gelu(init_from)
+      gelu = json.loads(config.read_text(encoding="utf-8")).get("model", {}).get("gelu")
+      return gelu if gelu in GELUS else None
+  return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,8 +52,18 @@ def resolve_choices(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   config.model.gelu "auto" becomes the GELU of config.init_from's checkpoint family (tanh
   without one)."""
   resolved = ml_collections.ConfigDict(config.to_dict())
-  resolved.model.gelu = pretrained.gelu_for(config_value(config, "model.gelu"), config.init_from)
+  resolved.model.gelu = resolve_gelu(config)
   return resolved
+
+
+def resolve_gelu(config: ml_collections.ConfigDict) -> str:
+  """config.model.gelu, with "auto" made: the GELU config.init_from's checkpoint was trained
+  with, where it is recorded; otherwise the one every run had before the choice existed."""
+  gelu = config_value(config, "model.gelu")
+  if gelu != "auto":
+    return gelu
+  recorded = pretrained.checkpoint_gelu(config.init_from) if config.init_from else None
+  return recorded or ADDED_FIELDS["model.gelu"]
 
 
 def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
@@ -90,7 +100,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> ViT:
       attention=config.model.attention,
       dtype=DTYPES[config.model.dtype],
       remat=config.model.remat,
-      gelu=pretrained.gelu_for(config_value(config, "model.gelu"), config.init_from),
+      gelu=resolve_gelu(config),
       stem=config_value(config, "model.stem"),
   )
 
