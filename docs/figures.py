@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 
 from skipvit_jax.tools.sweep import results, schema, stats
 from skipvit_jax.tools.viz import compare, plots
-from skipvit_jax.train.metrics import METRICS_FILE
+from skipvit_jax.train.metrics import metrics_path
 
 RECALL = "eval/kept_object_recall_0"  # the trainer's metric over evaluations
 KEEP_RATIO = "eval/keep_ratio_0"
@@ -109,7 +109,7 @@ def main() -> None:
   histories, keep_ratio = {}, None
   for name in RECALL_RUNS:
     run_dir = os.path.join(args.sweep_dir, f"{name}_seed0")
-    if os.path.exists(os.path.join(run_dir, METRICS_FILE)):
+    if os.path.exists(metrics_path(run_dir)):
       histories[name] = compare.eval_history(run_dir, RECALL)
       if name == "6-55-11":
         keep_ratio = compare.eval_history(run_dir, KEEP_RATIO)[1][-1]

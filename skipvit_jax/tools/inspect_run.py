@@ -9,8 +9,6 @@ builders (skipvit_jax/train/plan.py), then only the parameters are kept.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax
@@ -36,8 +34,7 @@ class TrainedRun:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config the trainer wrote to workdir/config.json."""
-  with open(os.path.join(workdir, resume.CONFIG_FILE), encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(resume.read_config(workdir))
 
 
 def load_run(workdir: str, *, num_classes: int | None = None) -> TrainedRun:

@@ -162,8 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one."""
   distributed.use_cpu_devices(config.num_cpu_devices)
   distributed.maybe_initialize()
-  validation.check_config(config)  # before any data is generated or anything compiles
-  config = plan_lib.resolve_choices(config)
+  config = validation.check_config(config)  # before any data is generated or anything compiles
   try:
     sources = pipeline.load_sources(config.data)
   except ValueError as e:  # a dataset it cannot open, the config field named

@@ -42,14 +42,21 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
           if name not in RESUME_FREE and now.get(name) != before.get(name)]
 
 
+def read_config(workdir: str) -> dict:
+  """WORKDIR/config.json, as write_config wrote it (tuples as lists); FileNotFoundError where
+  the workdir has none."""
+  with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
+    return json.load(f)
+
+
 def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises ConfigError when WORKDIR/config.json describes another run than `config` (unless
   config.allow_resume_with_changes, which logs the differences instead)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  try:
+    saved = read_config(workdir)
+  except FileNotFoundError:
     return
-  with open(path, encoding="utf-8") as f:
-    changed = resume_differences(json.load(f), config)
+  changed = resume_differences(saved, config)
   if changed and not config.allow_resume_with_changes:
     raise ConfigError(
         f"config: {workdir} holds a run with other settings than this config's, so resuming "

@@ -100,8 +100,9 @@ def _tuple(config, field: str, *, integer: bool) -> tuple:
   return tuple(value)
 
 
-def _check_init_from(config: ml_collections.ConfigDict) -> None:
-  """config.init_from names a checkpoint that exists, and model.gelu resolves against it."""
+def _check_init_from(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.init_from names a checkpoint that exists, and model.gelu resolves against it;
+  returns the config with its choices resolved (plan.resolve_choices)."""
   if not isinstance(config.init_from, str):
     raise ConfigError(f"config.init_from: must be a path (a string), got {config.init_from!r}")
   if config.init_from and not os.path.exists(config.init_from):
@@ -109,7 +110,7 @@ def _check_init_from(config: ml_collections.ConfigDict) -> None:
                       ".safetensors or .pth file, or a skipvit_jax workdir)")
   _choice(config, "model.gelu", ("auto", *GELUS))
   with _naming("config.init_from: "):
-    plan.resolve_choices(config)
+    return plan.resolve_choices(config)
 
 
 def _check_routing(config: ml_collections.ConfigDict) -> None:
@@ -291,12 +292,14 @@ def check_run_length(config: ml_collections.ConfigDict, num_train: int) -> None:
       model.clone(routing=phase.routing, toe=phase.toe)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Every check that needs neither data nor compilation (see the module docstring)."""
+def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Every check that needs neither data nor compilation (see the module docstring); returns
+  the config with its "auto" choices made (plan.resolve_choices), which the checks after the
+  first ran on and the run uses."""
   if "allow_resume_with_changes" not in config:
     raise ConfigError("config.allow_resume_with_changes: missing; configs start from "
                       "configs/common.py's base_config()")
-  _check_init_from(config)
+  config = _check_init_from(config)
   _check_optimization(config)
   _check_data(config)
   _check_model(config)
@@ -304,3 +307,4 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   num_train = known_train_size(config)
   if num_train is not None:
     check_run_length(config, num_train)
+  return config

@@ -28,6 +28,17 @@ def _image_grid_done(fig, axes):
   return fig
 
 
+def _image_panels(row, image: np.ndarray, title: str, mask: np.ndarray | None,
+                  fontsize: int) -> None:
+  """Draws a row's leading panels: the image into `row[0]` and, where given, its object mask
+  into `row[1]`."""
+  row[0].imshow(image)
+  row[0].set_title(title, fontsize=fontsize)
+  if mask is not None:
+    row[1].imshow(mask, cmap="gray")
+    row[1].set_title("object", fontsize=fontsize)
+
+
 def _axes(ax):
   """`ax`, or the Axes of a new single-plot figure."""
   if ax is None:
@@ -65,11 +76,8 @@ def plot_cls_attention(
                            figsize=(1.3 * (lead + num_layers), 1.4 * num_images))
   cmap = plt.get_cmap("viridis").with_extremes(bad="0.75")
   for i in range(num_images):
-    axes[i, 0].imshow(images[i])
-    axes[i, 0].set_title(titles[i] if titles else "image", fontsize=7)
-    if masks is not None:
-      axes[i, 1].imshow(masks[i], cmap="gray")
-      axes[i, 1].set_title("object", fontsize=7)
+    _image_panels(axes[i], images[i], titles[i] if titles else "image",
+                  None if masks is None else masks[i], fontsize=7)
     for layer in range(1, num_layers + 1):
       ax = axes[i, lead + layer - 1]
       # Each map on its own scale: later layers concentrate [CLS] attention on fewer tokens.
@@ -110,11 +118,8 @@ def plot_routing(
   fig, axes = plt.subplots(num_images, lead + len(fates), squeeze=False,
                            figsize=(1.6 * (lead + len(fates)), 1.6 * num_images))
   for i in range(num_images):
-    axes[i, 0].imshow(images[i])
-    axes[i, 0].set_title(titles[i] if titles else "image", fontsize=8)
-    if masks is not None:
-      axes[i, 1].imshow(masks[i], cmap="gray")
-      axes[i, 1].set_title("object", fontsize=8)
+    _image_panels(axes[i], images[i], titles[i] if titles else "image",
+                  None if masks is None else masks[i], fontsize=8)
     for d, fate in enumerate(fates):
       kept = int((fate[i] == patch_maps.KEPT).sum())
       axes[i, lead + d].imshow(patch_maps.overlay_patches(images[i], fate[i], patch_size,
