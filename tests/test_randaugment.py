@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from skipvit_jax.augment import policy
 from skipvit_jax.data import pipeline, transforms
 from skipvit_jax.data import randaugment as ra
 
@@ -269,18 +270,18 @@ def test_ops_without_argument():
 def test_sampled_magnitudes_stay_in_range():
   rng = np.random.default_rng(0)
   for m in range(11):
-    options = ra.RandAugmentOptions(magnitude=m, magnitude_std=0.5)
+    options = policy.RandAugmentOptions(magnitude=m, magnitude_std=0.5)
     mags = np.array([ra.sample_magnitude(rng, options) for _ in range(400)])
     assert mags.min() >= 0 and mags.max() <= 10
     assert abs(np.median(mags) - m) < 0.1  # clipping moves the mean at 0 and 10, not the median
     assert mags.std() > (0.2 if m in (0, 10) else 0.4)  # the noise is there
-  at_ten = [ra.sample_magnitude(rng, ra.RandAugmentOptions(magnitude=10, magnitude_std=0.5))
+  at_ten = [ra.sample_magnitude(rng, policy.RandAugmentOptions(magnitude=10, magnitude_std=0.5))
             for _ in range(400)]
   assert 0.4 < np.mean(np.array(at_ten) == 10) < 0.6  # half the draws clip to exactly 10
-  uniform = ra.RandAugmentOptions(magnitude=8, magnitude_std=math.inf)
+  uniform = policy.RandAugmentOptions(magnitude=8, magnitude_std=math.inf)
   mags = np.array([ra.sample_magnitude(rng, uniform) for _ in range(2000)])
   assert mags.min() >= 0 and mags.max() <= 8 and abs(mags.mean() - 4) < 0.25
-  wide = ra.RandAugmentOptions(magnitude=15, magnitude_std=0.5, magnitude_max=20)
+  wide = policy.RandAugmentOptions(magnitude=15, magnitude_std=0.5, magnitude_max=20)
   assert min(ra.sample_magnitude(rng, wide) for _ in range(50)) > 10
 
 
@@ -293,7 +294,7 @@ def test_sampled_arguments_stay_in_timm_ranges():
             "BrightnessIncreasing": (0.1, 1.9), "SharpnessIncreasing": (0.1, 1.9)}
   seen = {name: [] for name in bounds}
   for m in range(11):
-    options = ra.RandAugmentOptions(magnitude=m, magnitude_std=0.5, increasing=True)
+    options = policy.RandAugmentOptions(magnitude=m, magnitude_std=0.5, increasing=True)
     for _ in range(60):
       for name in bounds:
         seen[name].append(ra.level_to_arg(rng, name, ra.sample_magnitude(rng, options)))
@@ -311,9 +312,9 @@ def test_sampled_arguments_stay_in_timm_ranges():
 def test_op_choice_is_uniform_and_half_the_ops_are_applied():
   rng = np.random.default_rng(2)
   draws = 6000
-  counts = dict.fromkeys(ra.INCREASING_OPS, 0)
+  counts = dict.fromkeys(policy.INCREASING_OPS, 0)
   for _ in range(draws):
-    for name, _ in ra.sample_ops(rng, ra.DEIT):
+    for name, _ in ra.sample_ops(rng, policy.DEIT):
       counts[name] += 1
   applied = sum(counts.values())
   # Binomial(12000, 0.5): sd 55. Each op: ~400 of 6000 with sd ~19.
@@ -323,12 +324,12 @@ def test_op_choice_is_uniform_and_half_the_ops_are_applied():
 
 def test_op_sets_follow_the_inc_flag():
   rng = np.random.default_rng(3)
-  plain = {n for _ in range(500) for n, _ in ra.sample_ops(rng, ra.RandAugmentOptions())}
-  increasing = {n for _ in range(500) for n, _ in ra.sample_ops(rng, ra.DEIT)}
-  assert plain == set(ra.OPS) and increasing == set(ra.INCREASING_OPS)
-  always = ra.RandAugmentOptions(num_ops=3, prob=1.0)
+  plain = {n for _ in range(500) for n, _ in ra.sample_ops(rng, policy.RandAugmentOptions())}
+  increasing = {n for _ in range(500) for n, _ in ra.sample_ops(rng, policy.DEIT)}
+  assert plain == set(policy.OPS) and increasing == set(policy.INCREASING_OPS)
+  always = policy.RandAugmentOptions(num_ops=3, prob=1.0)
   assert all(len(ra.sample_ops(rng, always)) == 3 for _ in range(50))
-  assert ra.sample_ops(rng, ra.RandAugmentOptions(num_ops=0)) == []
+  assert ra.sample_ops(rng, policy.RandAugmentOptions(num_ops=0)) == []
 
 
 def test_rand_augment_is_deterministic_given_the_generator():
@@ -346,7 +347,7 @@ def test_rand_augment_is_deterministic_given_the_generator():
 def test_rand_augment_applies_the_sampled_plan():
   image = _image(48, 40)
   for seed in range(6):
-    plan = ra.sample_ops(np.random.default_rng(seed), ra.DEIT)
+    plan = ra.sample_ops(np.random.default_rng(seed), policy.DEIT)
     expected = image
     for name, arg in plan:
       expected = ra.apply_op(expected, name, arg)
@@ -495,16 +496,16 @@ def test_random_translate_in_the_training_preprocessing():
 
 
 def test_parse_deit_spec():
-  options = ra.parse_rand_augment("rand-m9-mstd0.5-inc1")
-  assert options == ra.RandAugmentOptions(num_ops=2, magnitude=9, magnitude_std=0.5,
+  options = policy.parse_rand_augment("rand-m9-mstd0.5-inc1")
+  assert options == policy.RandAugmentOptions(num_ops=2, magnitude=9, magnitude_std=0.5,
                                           magnitude_max=10, prob=0.5, increasing=True)
-  assert options == ra.DEIT == ra.parse_rand_augment("rand-inc1-mstd0.5-m9")
-  assert options.ops == ra.INCREASING_OPS
+  assert options == policy.DEIT == policy.parse_rand_augment("rand-inc1-mstd0.5-m9")
+  assert options.ops == policy.INCREASING_OPS
 
 
 def test_parse_other_keys_and_defaults():
-  assert ra.parse_rand_augment("rand") == ra.RandAugmentOptions()
-  options = ra.parse_rand_augment("rand-n3-m7-p0.7-mmax20-mstd101-inc0")
+  assert policy.parse_rand_augment("rand") == policy.RandAugmentOptions()
+  options = policy.parse_rand_augment("rand-n3-m7-p0.7-mmax20-mstd101-inc0")
   assert (options.num_ops, options.magnitude, options.prob, options.magnitude_max) == \
       (3, 7, 0.7, 20)
   assert options.magnitude_std == math.inf and not options.increasing
@@ -517,4 +518,4 @@ def test_parse_other_keys_and_defaults():
 ])
 def test_parse_rejects_bad_specs(spec, bad_part):
   with pytest.raises(ValueError, match=bad_part.replace(".", r"\.")):
-    ra.parse_rand_augment(spec)
+    policy.parse_rand_augment(spec)

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import grain
 import numpy as np
 
+from skipvit_jax.augment import policy
 from skipvit_jax.data import in_memory, randaugment, transforms
 
 SYNTHETIC = "synthetic"
@@ -187,8 +188,8 @@ class Augmentation:
   random_translate: int = 0  # largest shift in pixels along each axis; 0 = off
 
   @functools.cached_property
-  def rand_augment_options(self) -> randaugment.RandAugmentOptions | None:
-    return randaugment.parse_rand_augment(self.rand_augment) if self.rand_augment else None
+  def rand_augment_options(self) -> policy.RandAugmentOptions | None:
+    return policy.parse_rand_augment(self.rand_augment) if self.rand_augment else None
 
 
 def _preprocess(example: dict, rng: np.random.Generator | None, info: DatasetInfo, *,

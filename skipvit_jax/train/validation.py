@@ -25,7 +25,8 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 
-from skipvit_jax.data import fashion_mnist, pipeline, randaugment
+from skipvit_jax.augment import policy
+from skipvit_jax.data import fashion_mnist, pipeline
 from skipvit_jax.data.synthetic import IMAGE_SIZE_RANGE
 from skipvit_jax.models import attention
 from skipvit_jax.models.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES
@@ -188,7 +189,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   _number(config, "data.repeated_augmentations", low=1, integer=True)
   if data.rand_augment:
     with _naming("config.data.rand_augment: "):
-      randaugment.parse_rand_augment(data.rand_augment)
+      policy.parse_rand_augment(data.rand_augment)
   if data.name == pipeline.SYNTHETIC:
     _number(config, "data.synthetic.num_train", low=1, integer=True)
     _number(config, "data.synthetic.num_test", low=1, integer=True)
