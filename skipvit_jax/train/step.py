@@ -14,14 +14,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from skipvit_jax.augment import mix
+from skipvit_jax.augment.batch import DeviceAugmentation, augment_batch
 from skipvit_jax.models.vit import ViT
 from skipvit_jax.runtime import parallel
-from skipvit_jax.train import augment
 
 AXIS = parallel.AXIS
-# step_rngs folds this into the step key for random routing, rather than splitting three ways,
-# so that the mixing and dropout keys (split in two) stay those of earlier runs.
+# step_rngs folds these into the step key for random routing and device augmentation, rather
+# than splitting more ways, so that the mixing and dropout keys (split in two) stay those of
+# earlier runs.
 ROUTING_STREAM = 1
+AUGMENT_STREAM = 2
 
 
 @flax.struct.dataclass
@@ -41,15 +44,17 @@ class Regularization:
 
 
 def step_rngs(seed: int, step: jax.Array | int, device_index: jax.Array | int) -> dict:
-  """The keys of one device's training step: "mix" (mixup / cutmix), and the model's streams
-  "dropout" (dropout, stochastic depth) and "routing" (RoutingConfig(score="random")).
+  """The keys of one device's training step: "augment" (augment/batch.py), "mix" (mixup /
+  cutmix), and the model's streams "dropout" (dropout, stochastic depth) and "routing"
+  (RoutingConfig(score="random")).
 
   All derive from fold_in(fold_in(key(seed), step), device_index), so they are a function of
   (seed, step) and a restarted run redraws them exactly."""
   rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), device_index)
   rng_mix, rng_dropout = jax.random.split(rng)
   return {"mix": rng_mix, "dropout": rng_dropout,
-          "routing": jax.random.fold_in(rng, ROUTING_STREAM)}
+          "routing": jax.random.fold_in(rng, ROUTING_STREAM),
+          "augment": jax.random.fold_in(rng, AUGMENT_STREAM)}
 
 
 def train_step(
@@ -57,10 +62,13 @@ def train_step(
     optimizer: optax.GradientTransformation,
     learning_rate: optax.Schedule, regularization: Regularization, seed: int,
     grad_accum_steps: int = 1, ema_decay: float = 0.0,
+    augmentation: DeviceAugmentation | None = None,
 ) -> tuple[TrainState, dict]:
   """One optimisation step on this device's shard of the global batch (run under pmap).
 
-  batch: image (b, S, S, 3) float32, label (b,) int32.
+  batch: image (b, S, S, 3), label (b,) int32. The image is float32 and normalised, or, with
+    `augmentation`, the host's uint8 crop, which augment_batch flips, RandAugments, normalises
+    and erases first.
   applied: the previous step's `finite` metric. Once a step is not finite, neither it nor any
     later step is applied, so the state stays the last finite one however many steps the host
     dispatched before it read the metric (it reads each step's metrics one step late).
@@ -72,10 +80,13 @@ def train_step(
   ema_decay: when > 0, state.ema_params becomes decay * ema + (1 - decay) * new params.
   """
   rngs = step_rngs(seed, state.step, jax.lax.axis_index(AXIS))
-  rng_mix = rngs.pop("mix")
-  targets = augment.soft_targets(batch["label"], model.num_classes, regularization.label_smoothing)
-  images, targets = augment.mix_batch(
-      rng_mix, batch["image"], targets, mixup_alpha=regularization.mixup_alpha,
+  rng_mix, rng_augment = rngs.pop("mix"), rngs.pop("augment")
+  images = batch["image"]
+  if augmentation is not None:
+    images = augment_batch(rng_augment, images, augmentation)
+  targets = mix.soft_targets(batch["label"], model.num_classes, regularization.label_smoothing)
+  images, targets = mix.mix_batch(
+      rng_mix, images, targets, mixup_alpha=regularization.mixup_alpha,
       cutmix_alpha=regularization.cutmix_alpha, switch_prob=regularization.mix_switch_prob,
   )
 
