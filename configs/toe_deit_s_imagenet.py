@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.name = "imagenet2012"
   config.data.image_size = 224
   config.data.eval_split = "validation"
+  config.data.augment_on = "device"  # the host decodes and crops; the step does the rest
 
   config.batch_size = 1024  # DeiT: 4 GPUs x 256 in ToE's run scripts
   config.eval_batch_size = 1024

@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.name = "imagenet2012"
   config.data.image_size = 224
   config.data.eval_split = "validation"
+  config.data.augment_on = "device"  # the host decodes and crops; the step flips and normalises
 
   config.batch_size = 288  # 36 per device on 8 devices
   config.eval_batch_size = 576

@@ -90,7 +90,7 @@ class PhaseSteps:
     model = self._plan.model.clone(routing=phase.routing, toe=phase.toe)
     self._steps[phase.key] = jax.pmap(
         plan_lib.per_device_train_step(self._config, model, self._plan.optimizer,
-                                       self._plan.learning_rate),
+                                       self._plan.learning_rate, self._plan.augmentation),
         axis_name=parallel.AXIS, donate_argnums=(0,))
     return self._steps[phase.key], True
 
@@ -199,9 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         sources.train, info, global_batch=config.batch_size, image_size=plan.model.image_size,
         seed=config.seed, start_step=start_step, total_steps=plan.total_steps,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=config.data.num_threads, augmentation=pipeline.Augmentation(
-            config.data.rand_augment, config.data.random_erase,
-            int(config.data.random_translate)),
+        num_threads=config.data.num_threads, augmentation=plan_lib.host_augmentation(config),
         repeats=config.data.repeated_augmentations)
     stop_after = config.stop_after_step if config.stop_after_step >= 0 else plan.total_steps
 

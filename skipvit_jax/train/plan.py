@@ -23,6 +23,8 @@ import ml_collections
 import optax
 from absl import logging
 
+from skipvit_jax.augment import policy
+from skipvit_jax.augment.batch import DeviceAugmentation
 from skipvit_jax.data import pipeline
 from skipvit_jax.models import flops, pretrained
 from skipvit_jax.models.routing import RoutingConfig
@@ -33,7 +35,11 @@ from skipvit_jax.train import step as step_lib
 
 # Config fields added after workdirs were first written, with the value every earlier run had:
 # a config.json without them describes the same run (the model it builds, the run it resumes).
-ADDED_FIELDS = {"model.stem": "patch", "model.gelu": "tanh"}
+ADDED_FIELDS = {"model.stem": "patch", "model.gelu": "tanh", "data.augment_on": "host"}
+# config.data.augment_on: where flip, RandAugment, normalisation and erasing run. "device": in
+# the compiled step (augment/batch.py), the host only decoding and cropping; "host": all of it
+# per example on the host (data/pipeline.py).
+AUGMENT_ON = ("host", "device")
 
 
 def config_value(config: ml_collections.ConfigDict, field: str) -> Any:
@@ -145,10 +151,35 @@ def optimizer_and_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   return optim.make_optimizer(config.optimizer, learning_rate), learning_rate
 
 
+def host_augmentation(config: ml_collections.ConfigDict) -> pipeline.Augmentation:
+  """What the host does to a training example after decoding it: everything, or with
+  config.data.augment_on "device" only the crop."""
+  return pipeline.Augmentation(
+      rand_augment=config.data.rand_augment, random_erase=config.data.random_erase,
+      random_translate=int(config.data.random_translate),
+      on_device=config_value(config, "data.augment_on") == "device")
+
+
+def device_augmentation(config: ml_collections.ConfigDict,
+                        info: pipeline.DatasetInfo) -> DeviceAugmentation | None:
+  """What the step does to the host's uint8 crops with config.data.augment_on "device" (the
+  host path's flip, shift, RandAugment, normalisation and erasing); None on the host path."""
+  if config_value(config, "data.augment_on") != "device":
+    return None
+  mean, std = info.mean_std
+  spec = config.data.rand_augment
+  return DeviceAugmentation(
+      mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+      random_translate=int(config.data.random_translate),
+      rand_augment=policy.parse_rand_augment(spec) if spec else None,
+      random_erase=float(config.data.random_erase))
+
+
 def per_device_train_step(config: ml_collections.ConfigDict, model: ViT,
                           optimizer: optax.GradientTransformation,
-                          learning_rate: optax.Schedule) -> Callable:
-  """`step.train_step` bound to one phase's model, as
+                          learning_rate: optax.Schedule,
+                          augmentation: DeviceAugmentation | None = None) -> Callable:
+  """`step.train_step` bound to one phase's model (and device_augmentation's), as
   `(state, batch, applied) -> (state, metrics)` on one device's batch: what the trainer pmaps
   over the axis `step.AXIS` (and what tests/test_cuda_lowering.py lowers for GPUs)."""
   regularization = step_lib.Regularization(
@@ -159,6 +190,7 @@ def per_device_train_step(config: ml_collections.ConfigDict, model: ViT,
       step_lib.train_step, model=model, optimizer=optimizer, learning_rate=learning_rate,
       regularization=regularization, seed=config.seed,
       grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
+      augmentation=augmentation,
   )
 
 
@@ -181,6 +213,7 @@ class RunPlan:
   phases: tuple[phases_lib.Phase, ...]
   optimizer: optax.GradientTransformation
   learning_rate: optax.Schedule
+  augmentation: DeviceAugmentation | None  # the step's, with config.data.augment_on "device"
 
   @classmethod
   def build(cls, config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> RunPlan:
@@ -193,7 +226,7 @@ class RunPlan:
     phases = training_phases(config, model, steps_per_epoch, total_steps)
     optimizer, learning_rate = optimizer_and_schedule(config, steps_per_epoch, total_steps)
     return cls(model, steps_per_epoch, total_steps, eval_every_steps, phases, optimizer,
-               learning_rate)
+               learning_rate, device_augmentation(config, info))
 
   @property
   def flop_args(self) -> dict:

@@ -178,6 +178,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.data.name: must name a dataset ('synthetic', 'fashion_mnist' or "
                       "a TFDS name), got ''")
   _choice(config, "data.normalization", ("dataset", *pipeline.NORMALIZATIONS))
+  _choice(config, "data.augment_on", plan.AUGMENT_ON)
   _number(config, "data.num_threads", low=1, integer=True)
   _flag(config, "data.in_memory")
   _number(config, "data.random_erase", low=0, high=1)
