@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skipvit_jax.augment import policy
+from skipvit_jax.augment import color, geometry, policy
 
 _ERASE_TRIES = 10  # timm's RandomErasing: up to 10 boxes drawn until one fits
 
@@ -170,7 +170,6 @@ def _family_codes(ops: tuple[str, ...], family: tuple[str, ...]) -> np.ndarray:
 
 def rand_augment(images: jax.Array, plan: RandAugmentPlan, fill: jax.Array) -> jax.Array:
   """Applies a plan's layers in turn. images: (B, H, W, 3) uint8 -> same; fill: (3,) uint8."""
-  from skipvit_jax.augment import color, geometry  # TEMPORARY until the op modules land
   height, width = images.shape[1:3]
   point = jnp.asarray(_family_codes(plan.ops, color.POINT_OPS))
   blend = jnp.asarray(_family_codes(plan.ops, color.BLEND_OPS))
