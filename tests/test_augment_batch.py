@@ -215,8 +215,9 @@ def test_erasing_boxes_are_distributed_as_the_reference_draws_them():
   assert (top == 0).any() and (top + h == height).any()  # both ends of randint reached
 
 
-def test_erasing_noise_is_fresh_standard_normal_per_pixel_channel_and_image():
-  _, _, noise = _device_boxes(1.0, 16, 16, 400)
+@pytest.mark.parametrize("probability", [1.0, 0.3])  # every image, or only the erased ones
+def test_erasing_noise_is_fresh_standard_normal_per_pixel_channel_and_image(probability):
+  _, _, noise = _device_boxes(probability, 16, 16, int(400 / probability))
   values = np.concatenate([n.ravel() for n in noise])
   assert values.size > 20_000
   assert stats.kstest(values, "norm").pvalue > P_MIN
@@ -269,3 +270,15 @@ def _pil_arg(name: str, arg: float):
   if name.removesuffix("Increasing") in ("Posterize", "Solarize", "SolarizeAdd"):
     return int(arg)
   return None if name in ("AutoContrast", "Equalize", "Invert") else arg
+
+
+@pytest.mark.parametrize("needed_fraction", [0.1, 0.9])  # within the slots, and past them
+def test_a_stage_on_the_needed_images_only_equals_it_on_all(needed_fraction):
+  images = jnp.asarray(_photo(64, 4, 5))
+  shift = jnp.arange(64, dtype=jnp.uint8)
+  needed = jax.random.bernoulli(jax.random.key(0), needed_fraction, (64,))
+  add = lambda images, shift: images + shift[:, None, None, None]
+  out = jax.jit(batch._where_needed, static_argnums=(0, 2))(add, needed, 0.15, images, shift)
+  expected = jnp.where(needed[:, None, None, None], add(images, shift), images)
+  np.testing.assert_array_equal(out, expected)
+  assert batch._capacity(64, 0.15) < 64

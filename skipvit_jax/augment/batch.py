@@ -98,13 +98,14 @@ class RandAugmentPlan:
   float32, the op's argument at that magnitude (data/randaugment.level_to_arg's)."""
 
   ops: tuple[str, ...]
+  prob: float  # the chance that a layer applies its op
   op: jax.Array
   magnitude: jax.Array
   arg: jax.Array
 
 
 jax.tree_util.register_dataclass(RandAugmentPlan, data_fields=["op", "magnitude", "arg"],
-                                 meta_fields=["ops"])
+                                 meta_fields=["ops", "prob"])
 
 
 def sample_plan(key: jax.Array, batch: int, options: policy.RandAugmentOptions, *,
@@ -127,7 +128,7 @@ def sample_plan(key: jax.Array, batch: int, options: policy.RandAugmentOptions, 
   negate = jax.random.bernoulli(key_sign, 0.5, shape)
   args = _op_args(magnitude, negate, translate_pct)[..., _columns(options.ops)]  # (L, B, ops)
   arg = jnp.take_along_axis(args, jnp.maximum(op, 0)[..., None], axis=-1)[..., 0]
-  return RandAugmentPlan(options.ops, op, magnitude, arg)
+  return RandAugmentPlan(options.ops, options.prob, op, magnitude, arg)
 
 
 # Each op's argument at magnitude `level` (0..10) with `sign` +-1, as data/randaugment.py's
@@ -174,12 +175,46 @@ def rand_augment(images: jax.Array, plan: RandAugmentPlan, fill: jax.Array) -> j
   point = jnp.asarray(_family_codes(plan.ops, color.POINT_OPS))
   blend = jnp.asarray(_family_codes(plan.ops, color.BLEND_OPS))
   warp = jnp.asarray(_family_codes(plan.ops, geometry.GEOMETRIC_OPS))
+  # The warp costs most, and only a sixth of the images need one per layer (DeiT's policy).
+  warp_fraction = plan.prob * np.mean(_family_codes(plan.ops, geometry.GEOMETRIC_OPS)[:-1] >= 0)
+  warp_images = lambda images, matrices: geometry.affine(images, matrices, fill)
   for layer in range(plan.op.shape[0]):
     op, arg = plan.op[layer], plan.arg[layer]  # -1 indexes the codes' final "skipped" entry
     images = color.point_ops(images, point[op], arg)
     images = color.blend_ops(images, blend[op], arg)
-    images = geometry.affine(images, geometry.op_matrices(warp[op], arg, height, width), fill)
+    matrices = geometry.op_matrices(warp[op], arg, height, width)
+    images = _where_needed(warp_images, warp[op] >= 0, warp_fraction, images, matrices)
   return images
+
+
+def _capacity(batch: int, fraction: float) -> int:
+  """Slots for the images a stage applies to, when each does with probability `fraction`: the
+  mean plus four standard deviations, so that more are needed in under 1e-4 of the batches."""
+  spread = 4 * math.sqrt(batch * fraction * (1 - fraction))
+  return max(1, min(batch, math.ceil(batch * fraction + spread)))
+
+
+def _where_needed(fn, needed: jax.Array, fraction: float, images: jax.Array,
+                  *per_image: jax.Array) -> jax.Array:
+  """images, with fn(images, *per_image) in place of those where `needed`, computed for those
+  images only: gathered into _capacity(B, fraction) slots, or, in a batch that needs more, for
+  the whole batch. fn maps (n, ...) arrays to (n, H, W, C) images, image by image.
+  needed: (B,) bool; images: (B, H, W, C); per_image: (B, ...) each."""
+  batch = images.shape[0]
+  capacity = _capacity(batch, fraction)
+  if capacity == batch:
+    return jnp.where(needed[:, None, None, None], fn(images, *per_image), images)
+
+  def few(images):
+    slots = jnp.argsort(~needed, stable=True)[:capacity]  # the needed images first, no repeats
+    done = fn(images[slots], *(x[slots] for x in per_image))
+    return images.at[slots].set(jnp.where(needed[slots][:, None, None, None], done,
+                                          images[slots]))
+
+  def all_of_them(images):
+    return jnp.where(needed[:, None, None, None], fn(images, *per_image), images)
+
+  return jax.lax.cond(needed.sum() <= capacity, few, all_of_them, images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,13 +245,20 @@ def random_erasing(key: jax.Array, images: jax.Array, probability: float,
   # Noise only for the largest box there can be, not the whole image: a box is under a third of
   # the image plus rounding (each side rounded up by at most half a pixel), and pixel (y, x) of
   # the box takes value (y - top) * w + (x - left) of its image's draw. Still fresh N(0, 1) per
-  # pixel, channel and image, for a third of the cost of drawing every pixel.
+  # pixel, channel and image, for a third of the cost of drawing every pixel; and drawn only for
+  # the images erased (_where_needed).
   max_box = math.ceil(height * width * area[1] + (height + width) / 2 + 1)
-  noise = jax.random.normal(key_noise, (batch, max_box, channels), images.dtype)
-  rows = jnp.arange(height)[None, :, None] - top[:, None, None]  # (B, H, 1), box coordinates
-  cols = jnp.arange(width)[None, None, :] - left[:, None, None]  # (B, 1, W)
-  inside = ((rows >= 0) & (rows < box_h[:, None, None]) & (cols >= 0)
-            & (cols < box_w[:, None, None]) & erase[:, None, None])  # (B, H, W)
-  index = jnp.where(inside, rows * box_w[:, None, None] + cols, 0)
-  box_noise = jnp.take_along_axis(noise, index.reshape(batch, -1, 1), axis=1)
-  return jnp.where(inside[..., None], box_noise.reshape(images.shape), images)
+
+  def fill_box(images, top, left, box_h, box_w):
+    n = images.shape[0]
+    noise = jax.random.normal(jax.random.fold_in(key_noise, n), (n, max_box, channels),
+                              images.dtype)
+    rows = jnp.arange(height)[None, :, None] - top[:, None, None]  # (n, H, 1), in the box
+    cols = jnp.arange(width)[None, None, :] - left[:, None, None]  # (n, 1, W)
+    inside = ((rows >= 0) & (rows < box_h[:, None, None]) & (cols >= 0)
+              & (cols < box_w[:, None, None]))  # (n, H, W)
+    index = jnp.where(inside, rows * box_w[:, None, None] + cols, 0)
+    box_noise = jnp.take_along_axis(noise, index.reshape(n, -1, 1), axis=1)
+    return jnp.where(inside[..., None], box_noise.reshape(images.shape), images)
+
+  return _where_needed(fill_box, erase, probability, images, top, left, box_h, box_w)
