@@ -120,9 +120,13 @@ def main(argv: list[str]) -> None:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     _fail(f"cannot create workdir {workdir}: {e.strerror or e}")
-  if host_memory.retain_freed_memory():  # before JAX starts its threads
+  malloc = host_memory.tune_malloc()  # before JAX starts its threads
+  if malloc == "retain":
     logging.info("CPU-only host: glibc malloc set to one arena, no mmap, no trimming "
                  "(skipvit_jax/runtime/host_memory.py)")
+  elif malloc == "loader":
+    logging.info("glibc malloc set to keep blocks under 32 MiB in the arenas, untrimmed, for "
+                 "the loader threads (skipvit_jax/runtime/host_memory.py)")
   try:
     result = loop.train_and_evaluate(_CONFIG.value, workdir)
   except validation.ConfigError as e:

@@ -85,11 +85,16 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
 def test_input_pipeline_benchmark_jpeg_with_deit_augmentation():
   report = input_pipeline.main([
       "--dataset=jpeg", "--image_size=64", "--synthetic_examples=48", "--batch_size=6",
-      "--batches=2", "--threads=1", "--augment=deit", "--repeats=3",
+      "--batches=2", "--threads=1", "--augment=deit", "--repeats=3", "--paths=host,device",
+      "--stages", "--stage_images=2",
   ])
   assert (report["dataset"], report["augment"], report["repeats"]) == ("jpeg", "deit", 3)
-  [result] = report["results"]
-  assert result["train_images_per_sec"] > 0 and result["eval_images_per_sec"] > 0
+  host, device = report["results"]
+  assert (host["path"], device["path"]) == ("host", "device")
+  assert host["train_images_per_sec"] > 0 and host["eval_images_per_sec"] > 0
+  assert device["train_images_per_sec"] > 0 and device["train_cpu_ms_per_image"] > 0
+  stages = {s["stage"] for s in report["stages"]}
+  assert {"decode", "crop + resize", "RandAugment", "normalisation", "random erasing"} <= stages
 
 
 @pytest.mark.slow

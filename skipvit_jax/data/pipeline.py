@@ -164,8 +164,15 @@ def _load_tfds_sources(data_config) -> Sources:
     if split.split("[")[0] not in sources:
       raise ValueError(f"config.data.{field}: {name!r} has splits {sorted(sources)}, got {split!r}")
   data_dir = data_config.data_dir or None
-  train = tfds.data_source(name, split=data_config.train_split, data_dir=data_dir)
-  evaluation = tfds.data_source(name, split=data_config.eval_split, data_dir=data_dir)
+  # An encoded image (ImageNet's JPEGs) is read as its bytes: the crop is drawn from the
+  # header's size, and transforms.decode is faster than TFDS's decoder (PIL's, or OpenCV's
+  # where installed, with a copy either way); BENCHMARKS.md, "CPU: input pipeline".
+  decoders = ({"image": tfds.decode.SkipDecoding()}
+              if isinstance(builder.info.features["image"], tfds.features.Image) else None)
+  train = tfds.data_source(name, split=data_config.train_split, data_dir=data_dir,
+                           decoders=decoders)
+  evaluation = tfds.data_source(name, split=data_config.eval_split, data_dir=data_dir,
+                                decoders=decoders)
   label = builder.info.features["label"]
   return Sources(train, evaluation,
                  DatasetInfo(name, label.num_classes, len(train), len(evaluation), False))
@@ -180,38 +187,56 @@ class Augmentation:
   """Training augmentation after the crop and the flip, as DeiT's recipe has it; off by default.
 
   Translation and RandAugment run on the uint8 image, random erasing on the normalised one
-  (timm's order).
+  (timm's order). With `on_device` the host stops after the crop: it hands the device the
+  (S, S, 3) uint8 crop, and the flip, translation, RandAugment, normalisation and erasing
+  described here run there (skipvit_jax/augment/).
   """
 
   rand_augment: str = ""  # timm RandAugment spec, e.g. "rand-m9-mstd0.5-inc1"; "" = off
   random_erase: float = 0.0  # probability of erasing one rectangle with N(0, 1) noise
   random_translate: int = 0  # largest shift in pixels along each axis; 0 = off
+  on_device: bool = False  # the host decodes and crops only; the rest runs on the device
 
   @functools.cached_property
   def rand_augment_options(self) -> policy.RandAugmentOptions | None:
     return policy.parse_rand_augment(self.rand_augment) if self.rand_augment else None
 
 
+def _three_channels(image: np.ndarray) -> np.ndarray:
+  """(H, W[, 1 or 3]) -> (H, W, 3): grey is copied to the three channels the model takes."""
+  if image.ndim == 2 or image.shape[-1] == 1:
+    image = np.broadcast_to(image.reshape(image.shape[:2] + (1,)), image.shape[:2] + (3,))
+  return image
+
+
 def _preprocess(example: dict, rng: np.random.Generator | None, info: DatasetInfo, *,
                 image_size: int, augmentation: Augmentation = Augmentation()) -> dict:
-  """One example -> {"image": (S, S, 3) float32, "label": int32[, "mask": (S, S) uint8]}.
+  """One example -> {"image": (S, S, 3) float32, "label": int32[, "mask": (S, S) uint8]}; for
+  training with `augmentation.on_device`, {"image": (S, S, 3) uint8, "label": int32}.
 
-  rng is None for evaluation (deterministic preprocessing), which also passes the object
-  mask on where the dataset has one."""
-  image = np.asarray(example["image"])
-  if image.ndim == 2 or image.shape[-1] == 1:  # grayscale: the model takes 3 channels
-    image = np.broadcast_to(image.reshape(image.shape[:2] + (1,)), image.shape[:2] + (3,))
+  The stored image is a uint8 array or, from a data source read without decoding, the
+  encoded file. rng is None for evaluation (deterministic preprocessing), which also passes
+  the object mask on where the dataset has one."""
+  image = example["image"]
+  if not transforms.is_encoded(image):
+    image = _three_channels(np.asarray(image))
   mean, std = info.mean_std
   out = {"label": np.int32(example["label"])}
   if rng is None:
+    image = transforms.decoded(image)
     if info.has_object_masks:
       out["mask"] = np.asarray(example["mask"], np.uint8)
     if not info.fixed_size:
       image = transforms.resize_center_crop(image, image_size)
     out["image"] = transforms.normalize(image, mean, std)
     return out
-  if not info.fixed_size:
+  if info.fixed_size:
+    image = transforms.decoded(image)
+  else:  # draws the box from the image's size, then decodes an encoded one
     image = transforms.random_resized_crop(rng, image, image_size)
+  if augmentation.on_device:
+    out["image"] = np.ascontiguousarray(image, np.uint8)
+    return out
   image = transforms.random_flip(rng, image)
   image = transforms.random_translate(rng, image, augmentation.random_translate)
   if augmentation.rand_augment_options is not None:
@@ -289,7 +314,8 @@ def train_batches(
   """This host's training batches for steps start_step..total_steps-1; each example `repeats`
   times per global batch (see _TrainIndices).
 
-  Yields {"image": (host_batch, S, S, 3) float32, "label": (host_batch,) int32}."""
+  Yields {"image": (host_batch, S, S, 3) float32 (uint8 with `augmentation.on_device`),
+  "label": (host_batch,) int32}."""
   indices = _TrainIndices(info.num_train, global_batch, process_index, process_count, seed,
                           total_steps, repeats)
   if indices.steps_per_epoch < 1:

@@ -1,17 +1,48 @@
-"""Per-example image preprocessing on the host (numpy + PIL), deterministic given an rng.
+"""Per-example image preprocessing on the host (numpy, OpenCV), deterministic given an rng.
 
 Training follows DeiT: random-resized crop (scale 0.08-1, aspect 3/4-4/3, bicubic), horizontal
 flip, normalisation. Evaluation: resize the shorter side to image_size / 0.875, centre crop.
 The synthetic dataset is already at its training resolution: flips only, so its object
 masks stay aligned for evaluation.
+
+Decoding. Datasets stored as JPEG (ImageNet) reach the loader as the encoded bytes, and the
+crop is drawn from the header's size before decoding. `decode` reads a JPEG with
+libjpeg-turbo through simplejpeg: the library and settings PIL uses (the accurate integer
+IDCT, smooth chroma upsampling), so the same pixels, without PIL's conversion into its own
+image and the copy out of it that TFDS's decoder makes. PNGs and CMYK JPEGs go through PIL.
+
+Resizing. `resize` is bicubic and antialiased on downscale, as DeiT's is: torchvision's
+RandomResizedCrop on a PIL image calls PIL's resize, which stretches its bicubic kernel
+(a = -0.5) by the downscale factor, so each output pixel averages all the input pixels it
+covers. OpenCV's INTER_CUBIC alone is not antialiased (a fixed 4 x 4 taps: fine detail
+aliases into moire on downscale), and INTER_AREA is a box filter, blurrier than bicubic. So
+each downscaled axis is first low-pass filtered with PIL's stretched kernel, sampled on the
+pixel grid, then resampled with INTER_CUBIC. That is PIL's antialiasing at a fraction of its
+cost (OpenCV vectorises both passes, PIL's resampling is scalar), within a couple of levels of
+PIL's output on average (the cubic's a is -0.75 and the filtered image is rounded to uint8;
+tests/test_host_pipeline.py bounds it). Evaluation's resize is the same. The costs of each
+choice: BENCHMARKS.md, "CPU: input pipeline".
 """
 
 from __future__ import annotations
 
+import io
 import math
 
+import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image
+
+# The loader already runs one image per thread on every core; OpenCV's own thread pool inside
+# each resize would only contend with it.
+cv2.setNumThreads(1)
+
+Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
+_JPEG_MAGIC = b"\xff\xd8"
+# JPEG colour spaces that libjpeg-turbo turns into RGB itself; CMYK and YCCK go through PIL, whose
+# conversion the TFDS decoder used.
+_TURBO_COLORSPACES = ("YCbCr", "Gray", "RGB")
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -42,15 +73,43 @@ def random_translate(rng: np.random.Generator, image: np.ndarray, max_shift: int
   return padded[top:top + height, left:left + width]
 
 
-def random_resized_crop(
+def is_encoded(image) -> bool:
+  """Whether `image` is an encoded file (bytes, as a data source read without decoding gives)."""
+  return isinstance(image, bytes)
+
+
+def image_shape(data: bytes) -> tuple[int, int]:
+  """(height, width) of an encoded image, from its header alone."""
+  if data[:2] == _JPEG_MAGIC:
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    return height, width
+  width, height = Image.open(io.BytesIO(data)).size
+  return height, width
+
+
+def decode(data: bytes) -> np.ndarray:
+  """An encoded image -> (H, W, 3) uint8 RGB (grey copied to the three channels)."""
+  if data[:2] == _JPEG_MAGIC and simplejpeg.decode_jpeg_header(data)[2] in _TURBO_COLORSPACES:
+    # Not strict: like PIL, decode what a file with a recoverable defect holds (a few
+    # ImageNet files have extraneous bytes before a marker).
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+  with Image.open(io.BytesIO(data)) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+def decoded(image: np.ndarray | bytes) -> np.ndarray:
+  """`decode` of an encoded image; an array as it is."""
+  return decode(image) if is_encoded(image) else image
+
+
+def random_resized_crop_box(
     rng: np.random.Generator,
-    image: np.ndarray,
-    size: int,
+    height: int,
+    width: int,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> np.ndarray:
-  """Inception-style crop (torchvision's algorithm), resized to (size, size) bicubic."""
-  height, width = image.shape[:2]
+) -> Box:
+  """Inception-style crop of a (height, width) image, torchvision's algorithm -> Box."""
   area = height * width
   for _ in range(10):
     target_area = area * rng.uniform(*scale)
@@ -60,26 +119,68 @@ def random_resized_crop(
     if 0 < w <= width and 0 < h <= height:
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
-      break
-  else:  # fall back to a centre crop at the clamped aspect ratio
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-      w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-      h, w = height, int(round(height * ratio[1]))
-    else:
-      w, h = width, height
-    top, left = (height - h) // 2, (width - w) // 2
-  crop = image[top:top + h, left:left + w]
-  return np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
+      return top, left, h, w
+  # Fall back to a centre crop at the clamped aspect ratio.
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _antialias_kernel(factor: float) -> np.ndarray:
+  """PIL's bicubic kernel (a = -0.5) stretched by a downscale `factor` > 1, sampled at integer
+  offsets and normalised: (2r + 1,) float32."""
+  radius = math.ceil(2 * factor - 0.5)  # the taps strictly inside the support |x| < 2 factor
+  x = np.abs(np.arange(-radius, radius + 1, dtype=np.float64) / factor)
+  a = -0.5
+  weights = np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                     np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+  return (weights / weights.sum()).astype(np.float32)
+
+
+_IDENTITY = np.ones(1, np.float32)
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(H, W, 3) uint8 -> (height, width, 3) uint8, bicubic, antialiased on downscale (see the
+  module docstring). `image` may be a view, e.g. a crop of a larger array."""
+  x_factor, y_factor = image.shape[1] / width, image.shape[0] / height
+  if x_factor > 1 or y_factor > 1:
+    image = cv2.sepFilter2D(
+        image, -1, _antialias_kernel(x_factor) if x_factor > 1 else _IDENTITY,
+        _antialias_kernel(y_factor) if y_factor > 1 else _IDENTITY,
+        borderType=cv2.BORDER_REPLICATE)  # the crop's own edge, as cropping first does
+  return cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def random_resized_crop(
+    rng: np.random.Generator,
+    image: np.ndarray | bytes,
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+  """random_resized_crop_box of a decoded (H, W, 3) uint8 image or an encoded one (decoded
+  after the draw, which needs only its size), resized to (size, size, 3) uint8."""
+  shape = image_shape(image) if is_encoded(image) else image.shape[:2]
+  top, left, h, w = random_resized_crop_box(rng, *shape, scale, ratio)
+  if is_encoded(image):
+    image = decode(image)
+  return resize(image[top:top + h, left:left + w], size, size)
 
 
 def resize_center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
+  """(H, W, 3) uint8: shorter side resized to size / crop_fraction, then the centre
+  (size, size, 3) uint8."""
   height, width = image.shape[:2]
-  resize = int(round(size / crop_fraction))
-  scale = resize / min(height, width)
+  resize_to = int(round(size / crop_fraction))
+  scale = resize_to / min(height, width)
   new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
+  resized = resize(image, new_h, new_w)
   top, left = (new_h - size) // 2, (new_w - size) // 2
   return resized[top:top + size, left:left + size]
 
