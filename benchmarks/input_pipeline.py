@@ -222,6 +222,9 @@ def stage_times(args, source: Sequence) -> list[dict]:
   stages = [
       ("decode", "TFDS's (PIL, to numpy)",
        lambda i: np.asarray(Image.open(io.BytesIO(data[i])))),
+      ("decode", "TFDS's with OpenCV (imdecode, to RGB)",
+       lambda i: cv2.cvtColor(cv2.imdecode(np.frombuffer(data[i], np.uint8), cv2.IMREAD_COLOR),
+                              cv2.COLOR_BGR2RGB)),
       ("decode", "simplejpeg (pipeline)", lambda i: transforms.decode(data[i])),
       ("decode", "PIL, to a PIL image", lambda i: _pil_decoded(data[i])),
       ("crop + resize", "PIL, copied crop (before)",

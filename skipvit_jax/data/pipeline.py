@@ -165,8 +165,8 @@ def _load_tfds_sources(data_config) -> Sources:
       raise ValueError(f"config.data.{field}: {name!r} has splits {sorted(sources)}, got {split!r}")
   data_dir = data_config.data_dir or None
   # An encoded image (ImageNet's JPEGs) is read as its bytes: the crop is drawn from the
-  # header's size, and transforms.decode is faster than TFDS's decoder (PIL's, or OpenCV's
-  # where installed, with a copy either way); BENCHMARKS.md, "CPU: input pipeline".
+  # header's size, and transforms.decode is faster than TFDS's decoder (OpenCV's, then a
+  # channel reorder; PIL's and a copy without OpenCV); BENCHMARKS.md, "CPU: input pipeline".
   decoders = ({"image": tfds.decode.SkipDecoding()}
               if isinstance(builder.info.features["image"], tfds.features.Image) else None)
   train = tfds.data_source(name, split=data_config.train_split, data_dir=data_dir,
