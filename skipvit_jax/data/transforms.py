@@ -40,8 +40,8 @@ cv2.setNumThreads(1)
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
 _JPEG_MAGIC = b"\xff\xd8"
-# JPEG colour spaces that libjpeg-turbo turns into RGB itself; CMYK and YCCK go through PIL, whose
-# conversion the TFDS decoder used.
+# JPEG colour spaces that libjpeg-turbo turns into RGB as PIL does; CMYK and YCCK go through
+# PIL, whose conversion of them libjpeg-turbo's does not match exactly.
 _TURBO_COLORSPACES = ("YCbCr", "Gray", "RGB")
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
