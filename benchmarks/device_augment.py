@@ -70,18 +70,29 @@ def run(args) -> dict:
         regularization=step_lib.Regularization(), seed=0, augmentation=augmentation),
         axis_name=parallel.AXIS, donate_argnums=(0,))
 
-  steps = {"plain": make_step(None), "augmenting": make_step(stages["all"])}
+  steps = {"plain": make_step(None), "augmenting": make_step(stages["all"]),
+           "separate": make_step(None)}
   states = {name: parallel.replicate(state) for name in steps}
   device_batches = {name: parallel.device_put_sharded(parallel.shard(b))
                     for name, b in batches.items()}
+  device_batches["separate"] = device_batches["augmenting"]
+  augment_first = jax.pmap(
+      lambda batch, step: {**batch, "image": augment.augment_batch(
+          jax.random.fold_in(jax.random.key(0), step), batch["image"], stages["all"])},
+      axis_name=parallel.AXIS)
+  step_index = parallel.replicate(np.int32(0))
   images = jax.device_put(crops)
   alone = {name: jax.jit(functools.partial(augment.augment_batch, augmentation=a))
            for name, a in stages.items()}
 
   def time_step(name):
-    start = time.perf_counter()
-    states[name], metrics = steps[name](states[name], device_batches[name])
+    cpu_start, start = time.process_time(), time.perf_counter()
+    batch = device_batches[name]
+    if name == "separate":
+      batch = augment_first(batch, step_index)
+    states[name], metrics = steps[name](states[name], batch)
     jax.block_until_ready(metrics)
+    cpu[name].append(time.process_time() - cpu_start)
     return time.perf_counter() - start
 
   def time_alone(name, key):
@@ -89,8 +100,10 @@ def run(args) -> dict:
     jax.block_until_ready(alone[name](key, images))
     return time.perf_counter() - start
 
+  cpu = {name: [] for name in steps}  # CPU seconds of all threads: robust to a noisy neighbour
   for name in steps:  # compile and warm up
     time_step(name)
+    cpu[name].clear()
   for name in alone:
     time_alone(name, jax.random.key(0))
   times = {name: [] for name in [*steps, *alone]}
@@ -108,7 +121,14 @@ def run(args) -> dict:
       "batch_size": args.batch_size, "dtype": args.dtype, "rand_augment": args.rand_augment,
       "random_erase": args.random_erase, "rounds": args.rounds,
       "ms": ms, "ms_per_image": {name: m / args.batch_size for name, m in ms.items()},
+      "step_ms_samples": {name: [1e3 * t for t in times[name]] for name in steps},
+      "step_cpu_s": {name: statistics.median(c) for name, c in cpu.items()},
+      "cpu_share_in_step": statistics.median(cpu["augmenting"]) / statistics.median(cpu["plain"])
+                           - 1,
+      "cpu_share_before_step": statistics.median(cpu["separate"])
+                               / statistics.median(cpu["plain"]) - 1,
       "share_in_step": (ms["augmenting"] - ms["plain"]) / ms["plain"],
+      "share_before_step": (ms["separate"] - ms["plain"]) / ms["plain"],
       "share_alone": ms["all"] / ms["plain"],
   }
 
@@ -120,12 +140,16 @@ def table(report: dict) -> str:
            f"{report['jax_version']}",
            f"{'':<26}{'ms':>10}{'ms/image':>10}"]
   labels = {"plain": "train step, float input", "augmenting": "train step + augmentation",
+            "separate": "augmentation, then step",
             "all": "augment_batch alone"}
   for name, ms in report["ms"].items():
     lines.append(f"{labels.get(name, '  ' + name):<26}{ms:>10.1f}"
                  f"{report['ms_per_image'][name]:>10.3f}")
   lines.append(f"augmentation's share of the step: {100 * report['share_in_step']:.1f}% "
-               f"(step with / without - 1), {100 * report['share_alone']:.1f}% (alone / step)")
+               f"inside it, {100 * report['share_before_step']:.1f}% in a function before it, "
+               f"{100 * report['share_alone']:.1f}% alone / step")
+  lines.append(f"in CPU seconds per step: {100 * report['cpu_share_in_step']:.1f}% inside it, "
+               f"{100 * report['cpu_share_before_step']:.1f}% in a function before it")
   return "\n".join(lines)
 
 
