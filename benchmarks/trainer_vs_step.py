@@ -75,19 +75,21 @@ def trainer_rate(recipe: str, name: str, args) -> float:
   return statistics.mean(rates)
 
 
-def step_rate(recipe: str, name: str, args) -> float:
+def step_rates(recipe: str, args) -> dict[str, float]:
+  """The bare step's images/s of each of CONFIGS, interleaved in one process."""
   config = _config(recipe)
   step_args = [f"--variant={config.model.variant}", f"--stem={config.model.stem}",
                f"--image_size={config.data.image_size}", f"--num_classes={RECIPES[recipe][2]}",
                f"--batch_size={config.batch_size}", f"--dtype={config.model.dtype}",
-               f"--configs={name}", f"--steps={args.step_steps}", "--rounds=1", "--warmup=3",
+               f"--configs={','.join(CONFIGS)}", f"--steps={args.step_steps}", "--rounds=2",
+               "--warmup=3",
                "--matmul_sizes=256"]
   program = ("import sys; from skipvit_jax.runtime import host_memory; "
              "host_memory.retain_freed_memory(); from benchmarks import train_step; "
              "train_step.main(sys.argv[1:])")
   result = subprocess.run([sys.executable, "-c", program, *step_args], env=_environment(),
                           cwd=REPO, check=True, capture_output=True, text=True)
-  return json.loads(result.stdout)["results"][0]["images_per_sec"]
+  return {r["config"]: r["images_per_sec"] for r in json.loads(result.stdout)["results"]}
 
 
 def run(args) -> dict:
@@ -101,7 +103,8 @@ def run(args) -> dict:
     for _ in range(args.rounds):
       for name in CONFIGS:
         measured[name, "trainer"].append(trainer_rate(recipe, name, args))
-        measured[name, "step"].append(step_rate(recipe, name, args))
+      for name, rate in step_rates(recipe, args).items():
+        measured[name, "step"].append(rate)
     mean = {key: statistics.mean(values) for key, values in measured.items()}
     for name in CONFIGS:
       rows.append({"recipe": recipe, "config": name,

@@ -7,6 +7,8 @@ Registered with TFDS as "imagenet_like" when imported, so a config names it as i
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -40,8 +42,10 @@ class ImagenetLike(tfds.core.GeneratorBasedBuilder):
     for index in range(count):
       width, height = (int(side) for side in rng.integers(40, 81, size=2))
       coarse = rng.integers(0, 256, (3, 4, 3), np.uint8)
-      image = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
-      yield index, {"image": image, "label": int(rng.integers(NUM_CLASSES))}
+      image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+      encoded = io.BytesIO()
+      image.save(encoded, format="JPEG", quality=90)  # TFDS encodes arrays only with TensorFlow
+      yield index, {"image": encoded.getvalue(), "label": int(rng.integers(NUM_CLASSES))}
 
 
 def prepare(data_dir: str) -> ImagenetLike:
