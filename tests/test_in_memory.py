@@ -86,3 +86,26 @@ def test_config_can_keep_the_splits_on_disk(tmp_path):
   assert not isinstance(sources.train, in_memory.InMemorySource)
   assert not isinstance(sources.eval, in_memory.InMemorySource)
   assert len(sources.train) == 20 and sources.train[3]["label"] == _garments(20, 1)[1][3]
+
+
+@pytest.mark.parametrize("augmentation", [
+    pipeline.Augmentation(random_translate=2), pipeline.Augmentation(on_device=True)])
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_batches_read_as_one_equal_the_per_example_path(augmentation, hosts):
+  """A split in memory is read a batch at a time (no per-example Python but the flip's and
+  shift's draws); the batches equal the per-example path's, on every host, from any step."""
+  examples = [dict(e, image=np.repeat(e["image"], 2, axis=0)) for e in _examples(40)]  # (8, 4, 1)
+  info = pipeline.DatasetInfo("list", 7, 40, 0, has_object_masks=False, fixed_size=True)
+  kwargs = dict(global_batch=8, image_size=4, seed=3, start_step=2, total_steps=9,
+                process_count=hosts, num_threads=2, augmentation=augmentation, repeats=2)
+  for host in range(hosts):
+    per_example = list(pipeline.train_batches(_ListSource(examples), info, process_index=host,
+                                              **kwargs))
+    batched = list(pipeline.train_batches(in_memory.InMemorySource(_ListSource(examples)), info,
+                                          process_index=host, **kwargs))
+    assert len(batched) == len(per_example) == 7
+    for ours, theirs in zip(batched, per_example):
+      assert ours.keys() == theirs.keys()
+      for key in ours:
+        assert ours[key].dtype == theirs[key].dtype
+        np.testing.assert_array_equal(ours[key], theirs[key])

@@ -41,6 +41,11 @@ class InMemorySource:
     return {k: v[index] for k, v in self._arrays().items()}
 
   @property
+  def arrays(self) -> dict[str, np.ndarray]:
+    """One read-only array per feature, examples along the first axis."""
+    return self._arrays()
+
+  @property
   def nbytes(self) -> int:
     return sum(v.nbytes for v in self._arrays().values())
 

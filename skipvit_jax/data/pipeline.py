@@ -330,6 +330,12 @@ def train_batches(
     return _preprocess(source[index], rng, info, image_size=image_size,
                        augmentation=augmentation)
 
+  if _batchable(source, info, augmentation):
+    steps = range(start_step, total_steps)
+    load_batch = functools.partial(_in_memory_batch, source, indices, seed, augmentation, info)
+    dataset = grain.MapDataset.source(steps).map(load_batch)
+    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
+    return iter(dataset.to_iter_dataset(read))
   dataset = (
       grain.MapDataset.source(indices)[start_step * indices.host_batch:]
       .map(load)
@@ -338,6 +344,40 @@ def train_batches(
   read = grain.ReadOptions(num_threads=num_threads,
                            prefetch_buffer_size=prefetch * indices.host_batch)
   return iter(dataset.to_iter_dataset(read))
+
+
+def _batchable(source, info: DatasetInfo, augmentation: Augmentation) -> bool:
+  """Whether a step's batch can be read as one: a split held in memory, stored at the training
+  resolution, with at most the flip and the shift to do per example on the host. Then
+  _in_memory_batch indexes the arrays once per step, where the per-example path would spend
+  tens of microseconds of Python per example, holding the interpreter's lock, on the cores the
+  step runs on (BENCHMARKS.md, "CPU: the trainer against the bare step")."""
+  return (isinstance(source, in_memory.InMemorySource) and info.fixed_size
+          and not augmentation.rand_augment and not augmentation.random_erase)
+
+
+def _in_memory_batch(source: in_memory.InMemorySource, indices: _TrainIndices, seed: int,
+                     augmentation: Augmentation, info: DatasetInfo, step: int) -> dict:
+  """The host batch of `step`, as the per-example path makes it (the same draws from
+  default_rng([seed, step, slot]), so the same values), read with one index per feature."""
+  items = [indices[step * indices.host_batch + k] for k in range(indices.host_batch)]
+  arrays = source.arrays
+  rows = np.array([index for _, _, index in items])
+  images = arrays["image"][rows]  # (b, H, W[, C])
+  if images.ndim == 3 or images.shape[-1] == 1:  # grey: the three channels the model takes
+    images = np.repeat(images.reshape(images.shape[:3] + (1,)), 3, axis=-1)
+  out = {"label": arrays["label"][rows].astype(np.int32)}
+  if augmentation.on_device:
+    out["image"] = images
+    return out
+  shifted = []
+  for (step_, slot, _), image in zip(items, images):
+    rng = np.random.default_rng([seed, step_, slot])
+    image = transforms.random_flip(rng, image)
+    shifted.append(transforms.random_translate(rng, image, augmentation.random_translate))
+  mean, std = info.mean_std
+  out["image"] = transforms.normalize(np.stack(shifted), mean, std)
+  return out
 
 
 # --------------------------------------------------------------------------------------------
