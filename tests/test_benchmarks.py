@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_check, host_malloc, input_pipeline, train_step
+from benchmarks import device_augment, gpu_check, host_malloc, input_pipeline, train_step
 from skipvit_jax.models import flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +95,15 @@ def test_input_pipeline_benchmark_jpeg_with_deit_augmentation():
   assert device["train_images_per_sec"] > 0 and device["train_cpu_ms_per_image"] > 0
   stages = {s["stage"] for s in report["stages"]}
   assert {"decode", "crop + resize", "RandAugment", "normalisation", "random erasing"} <= stages
+
+
+def test_device_augment_benchmark_smoke():
+  report = device_augment.main(["--variant=Te/16", "--image_size=32", "--batch_size=8",
+                                "--rounds=1", "--steps=1", "--augment_runs=1"])
+  assert set(report["ms"]) == {"plain", "augmenting", "separate", "all", "flip + normalise",
+                               "+ RandAugment", "+ erasing"}
+  assert all(ms > 0 for ms in report["ms"].values())
+  assert report["share_alone"] > 0
 
 
 @pytest.mark.slow
