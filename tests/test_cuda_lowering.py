@@ -30,6 +30,7 @@ import pytest
 from configs import default, skipvit_s16_imagenet, toe_deit_s_imagenet, vit_s16_imagenet
 from configs.sweeps import paper_row
 from skipvit_jax import ViT
+from skipvit_jax.data import pipeline
 from skipvit_jax.models import attention
 from skipvit_jax.train import evaluate, plan
 from skipvit_jax.train import step as step_lib
@@ -184,6 +185,24 @@ def test_vit_s16_train_step_lowers_with_the_pallas_kernel():
   with cuda_lowering.pretend_nvidia_gpu():
     text, model = _lower_train_step(config, "routed")
   _assert_kernels(text, model, "pallas", backward=True)
+
+
+def test_the_step_with_deits_device_augmentation_lowers_for_cuda():
+  """configs/toe_deit_s_imagenet.py's recipe on the device (flip, RandAugment, normalisation,
+  erasing before mixup and cutmix), on the host's uint8 crops, in the routed small model."""
+  config, phase = _small_config("6-55-11")
+  config.data.update(augment_on="device", rand_augment="rand-m9-mstd0.5-inc1", random_erase=0.25)
+  info = pipeline.DatasetInfo("imagenet2012", 8, 1000, 100, has_object_masks=False)
+  augmentation = plan.device_augmentation(config, info)
+  assert augmentation is not None and augmentation.rand_augment is not None
+  model, phase_model = _phase_model(config, phase)
+  optimizer, learning_rate = _optimizer(config)
+  step = plan.per_device_train_step(config, phase_model, optimizer, learning_rate, augmentation)
+  batch = dict(_batch(model), image=jax.ShapeDtypeStruct(
+      (PER_DEVICE_BATCH, model.image_size, model.image_size, 3), jnp.uint8))
+  with cuda_lowering.pretend_nvidia_gpu():
+    text = cuda_lowering.lower_for_cuda(step, _abstract_state(config, model, optimizer), batch)
+  assert "ui8" in text  # the step takes the uint8 crops itself
 
 
 def _lower_eval_step(config, phase: str, *, with_recall: bool) -> tuple[str, ViT]:
