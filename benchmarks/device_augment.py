@@ -28,13 +28,13 @@ import optax
 from benchmarks import timing
 from skipvit_jax.augment import batch as augment
 from skipvit_jax.augment import policy
-from skipvit_jax.data import transforms
 from skipvit_jax.models.vit import DTYPES, ViT
 from skipvit_jax.runtime import parallel
 from skipvit_jax.train import step as step_lib
 
-MEAN = tuple(float(m) for m in transforms.IMAGENET_MEAN)
-STD = tuple(float(s) for s in transforms.IMAGENET_STD)
+# As data/transforms.py scales them, without importing the host's decoders.
+MEAN = tuple(float(m) for m in np.array(policy.IMAGENET_MEAN_FRACTION, np.float32) * 255)
+STD = tuple(float(s) for s in np.array(policy.IMAGENET_STD_FRACTION, np.float32) * 255)
 
 
 def augmentations(args) -> dict[str, augment.DeviceAugmentation]:

@@ -16,7 +16,10 @@ MFU, memory, and timm's ViT-S/16 as a peer, written as JSON and as Markdown for 
 3. The peer, when torch and timm import: timm's vit_small_patch16_224 training step (bfloat16
    autocast, PyTorch's fused scaled-dot-product attention, torch.compile, fused AdamW) at the
    same batch, in the same process.
-4. A verdict on the performance targets and which attention implementation measured fastest
+4. The device augmentation (benchmarks/device_augment.py): DeiT's flip, RandAugment,
+   normalisation and erasing on the step's uint8 crops, inside the dense step, as a function
+   before it, and alone.
+5. A verdict on the performance targets and which attention implementation measured fastest
    (the choice "auto" is to follow on NVIDIA GPUs).
 
 Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md (without --out_dir, OUT_DIR is a
@@ -48,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import timing, train_step
+from benchmarks import device_augment, timing, train_step
 from kernels import gather_attention as ga
 from skipvit_jax.models import attention
 
@@ -308,6 +311,17 @@ def markdown(report: dict) -> str:
         f"{_number(r['step_memory_mib'], '.0f')} | {r['mfu']:.1%} | "
         f"{r['measured_speedup']:.3f}x | {r['ideal_speedup']:.3f}x | "
         f"{_number(r['realised_fraction_of_ideal_gain'], '.0%')} |")
+  augment = report["device_augment"]
+  lines += [
+      "", f"### Device augmentation: {augment['rand_augment']}, erasing "
+      f"{augment['random_erase']}, on the uint8 crops of the step above (dense)", "",
+      "| | ms/step | ms/image |", "|---|---|---|",
+      *(f"| {name} | {ms:.2f} | {augment['ms_per_image'][name]:.4f} |"
+        for name, ms in augment["ms"].items()),
+      "", f"Share of the step: {augment['share_in_step']:.1%} inside it, "
+      f"{augment['share_before_step']:.1%} as a function before it, "
+      f"{augment['share_alone']:.1%} alone.",
+  ]
   peer = report["timm"]
   lines += ["", "### Peer: timm", ""]
   if peer["ran"]:
@@ -373,6 +387,14 @@ def main(argv=None) -> dict:
       f"--matmul_sizes={args.matmul_sizes}",
   ]))
   runtime["train_step"] = time.perf_counter() - clock
+
+  clock = time.perf_counter()
+  report["device_augment"] = device_augment.run(device_augment.parse_args([
+      f"--variant={args.variant}", f"--image_size={args.image_size}",
+      f"--batch_size={args.batch_size}", "--dtype=bfloat16", f"--rounds={args.rounds}",
+      f"--steps={args.steps}",
+  ]))
+  runtime["device_augment"] = time.perf_counter() - clock
 
   clock = time.perf_counter()
   report["timm"] = ({"ran": False, "reason": "--no_timm"} if args.no_timm else timm_peer(

@@ -129,6 +129,7 @@ def test_model_and_benchmarks_import_without_the_data_stack():
           " 'tensorboardX'):\n"
           "  sys.modules[m] = None  # any import of them raises ImportError\n"
           "import benchmarks.train_step, benchmarks.gather_attention, kernels.gather_attention\n"
+          "import benchmarks.device_augment, benchmarks.gpu_check\n"
           "import skipvit_jax.models.vit, skipvit_jax.train.step, skipvit_jax.models.flops\n")
   subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)
 

@@ -27,6 +27,9 @@ INCREASING_OPS = (
 )
 
 IMAGENET_FILL = (124, 116, 104)  # timm: round(255 * IMAGENET_DEFAULT_MEAN)
+# timm's IMAGENET_DEFAULT_MEAN and _STD, in 0..1; transforms.py scales them to 0..255.
+IMAGENET_MEAN_FRACTION = (0.485, 0.456, 0.406)
+IMAGENET_STD_FRACTION = (0.229, 0.224, 0.225)
 LEVEL_DENOM = 10.0  # magnitude 10 is each op's full-strength argument
 
 

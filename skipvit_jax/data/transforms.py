@@ -34,6 +34,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from skipvit_jax.augment import policy
+
 # The loader already runs one image per thread on every core; OpenCV's own thread pool inside
 # each resize would only contend with it.
 cv2.setNumThreads(1)
@@ -44,8 +46,8 @@ _JPEG_MAGIC = b"\xff\xd8"
 # PIL, whose conversion of them libjpeg-turbo's does not match exactly.
 _TURBO_COLORSPACES = ("YCbCr", "Gray", "RGB")
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+IMAGENET_MEAN = np.array(policy.IMAGENET_MEAN_FRACTION, np.float32) * 255
+IMAGENET_STD = np.array(policy.IMAGENET_STD_FRACTION, np.float32) * 255
 HALF = np.full(3, 127.5, np.float32)  # maps [0, 255] to [-1, 1]
 
 
