@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import device_augment, gpu_check, host_malloc, input_pipeline, train_step
+from benchmarks import gpu_check, host_malloc, input_pipeline, train_step
 from skipvit_jax.models import flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,15 +97,6 @@ def test_input_pipeline_benchmark_jpeg_with_deit_augmentation():
   assert {"decode", "crop + resize", "RandAugment", "normalisation", "random erasing"} <= stages
 
 
-def test_device_augment_benchmark_smoke():
-  report = device_augment.main(["--variant=Te/16", "--image_size=32", "--batch_size=8",
-                                "--rounds=1", "--steps=1", "--augment_runs=1"])
-  assert set(report["ms"]) == {"plain", "augmenting", "separate", "all", "flip + normalise",
-                               "+ RandAugment", "+ erasing"}
-  assert all(ms > 0 for ms in report["ms"].values())
-  assert report["share_alone"] > 0
-
-
 @pytest.mark.slow
 def test_host_malloc_benchmark_smoke(tmp_path):
   """Two tiny trainer runs, glibc's malloc and the retained one, each timed and accounted."""
@@ -139,8 +130,14 @@ def test_gpu_check_smoke_writes_every_field(tmp_path):
   report = gpu_check.main(["--smoke", f"--out_dir={tmp_path}"])
   written = json.loads((tmp_path / "gpu_check.json").read_text())
   assert written == json.loads(json.dumps(report))
-  assert {"benchmark", "argv", "environment", "kernel_checks", "train_step", "timm", "targets",
-          "attention_choice", "runtime_s"} <= written.keys()
+  assert {"benchmark", "argv", "environment", "kernel_checks", "train_step", "device_augment",
+          "timm", "targets", "attention_choice", "runtime_s"} <= written.keys()
+  # The device augmentation (benchmarks/device_augment.py), timed every way.
+  augment = written["device_augment"]
+  assert set(augment["ms"]) == {"plain", "augmenting", "separate", "all", "flip + normalise",
+                                "+ RandAugment", "+ erasing"}
+  assert all(ms > 0 for ms in augment["ms"].values()) and augment["share_alone"] > 0
+  assert "### Device augmentation" in (tmp_path / "gpu_check.md").read_text()
   assert {"date", "jax", "flax", "optax", "backend", "device_kind", "local_devices",
           "platform_version", "smoke"} <= written["environment"].keys()
   # Correctness: both kernels, both dtypes, all within tolerance (on CPU: the Pallas kernel
