@@ -6,6 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import jax
 import pytest
 
 from benchmarks import gpu_check, host_malloc, input_pipeline, train_step
@@ -98,8 +99,13 @@ def test_input_pipeline_benchmark_jpeg_with_deit_augmentation():
 
 
 @pytest.mark.slow
-def test_host_malloc_benchmark_smoke(tmp_path):
+def test_host_malloc_benchmark_smoke(tmp_path, monkeypatch):
   """Two tiny trainer runs, glibc's malloc and the retained one, each timed and accounted."""
+  # The runs inherit the environment: this suite's fast compiles and its compilation cache,
+  # so the second run reuses the first one's programs.
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
   tiny = [f"--config.data.data_dir={tmp_path}", "--config.data.synthetic.num_train=64",
           "--config.data.synthetic.num_test=16", "--config.data.image_size=32",
           "--config.model.variant=Te/8", "--config.eval_batch_size=16"]
