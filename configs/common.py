@@ -76,9 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   # use (skipvit_jax/data/in_memory.py): the loader threads index arrays, not decode records.
   config.data.in_memory = True  # False: read every example from its array_record file
   # Training augmentation after the crop: flip, then these, then normalisation and erasing.
-  # "host": per example on the host (data/pipeline.py); "device": in the compiled step
-  # (skipvit_jax/augment/), the host only decoding and cropping, in uint8 (docs/training.md).
-  config.data.augment_on = "host"
+  # "device": in the compiled step (skipvit_jax/augment/), the host only decoding and cropping,
+  # in uint8 (docs/training.md).
+  config.data.augment_on = "host"  # "host": per example on the host (data/pipeline.py)
   config.data.rand_augment = ""  # timm RandAugment spec ("rand-m9-mstd0.5-inc1"); "" = off
   config.data.random_erase = 0.0  # probability of erasing one rectangle with noise (timm)
   config.data.random_translate = 0  # largest random shift in pixels (padded crop); 0 = off
