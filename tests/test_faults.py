@@ -222,6 +222,15 @@ def test_a_workdir_from_before_model_gelu_resumes_as_the_tanh_gelu(data_dir):
   assert resume.resume_differences(saved, exact) == ["model.gelu: 'tanh' -> 'exact'"]
 
 
+def test_a_workdir_from_before_data_augment_on_resumes_on_the_host_path(data_dir):
+  config = tiny_config(data_dir)
+  saved = json.loads(config.to_json())
+  del saved["data"]["augment_on"]  # runs before the field existed augmented on the host
+  assert resume.resume_differences(saved, config) == []
+  on_device = tiny_config(data_dir, **{"data.augment_on": "device"})
+  assert resume.resume_differences(saved, on_device) == ["data.augment_on: 'host' -> 'device'"]
+
+
 # --------------------------------------------------------------------------------------------
 # A non-finite loss.
 
