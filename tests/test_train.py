@@ -118,6 +118,20 @@ def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_rerun_at_stop_after_step_trains_nothing(data_dir, tmp_path):
+  config = tiny_config(data_dir, eval_every_epochs=10.0, stop_after_step=3)
+  assert loop.train_and_evaluate(config, str(tmp_path)).step == 3
+  steps_logged = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
+  again = loop.train_and_evaluate(config, str(tmp_path))
+  assert again.step == 3 and not again.preempted
+  assert Checkpoints(str(tmp_path), keep=3).latest_step() == 3
+  assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == steps_logged
+  later = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=10.0,
+                                              stop_after_step=5), str(tmp_path))
+  assert later.step == 5  # a later stop trains on from the checkpoint
+
+
+@pytest.mark.slow
 def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
   """Mixup, cutmix, label smoothing, random translation, RandAugment, random erasing,
   repeated augmentation, the EMA and gradient accumulation in one run; stopped and resumed, it

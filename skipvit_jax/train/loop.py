@@ -223,7 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if start_step == plan.total_steps:  # resumed at the end: the final evaluation may be missing
       eval_missing = not evaluate_now(plan.phases[-1].toe)
     try:
-      while step < plan.total_steps:
+      # A run resumed at or past config.stop_after_step trains nothing (the stop is where the
+      # last run left it), rather than one step more on every rerun.
+      while step < min(plan.total_steps, stop_after):
         phase = phases_lib.phase_at(plan.phases, step)
         step_fn, compiles = steps(phase)
         state, metrics = step_fn(state, parallel.shard(next(batches)), applied)
