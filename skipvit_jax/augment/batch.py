@@ -202,17 +202,18 @@ def _where_needed(fn, needed: jax.Array, fraction: float, images: jax.Array,
   needed: (B,) bool; images: (B, H, W, C); per_image: (B, ...) each."""
   batch = images.shape[0]
   capacity = _capacity(batch, fraction)
-  if capacity == batch:
+
+  def all_of_them(images):
     return jnp.where(needed[:, None, None, None], fn(images, *per_image), images)
+
+  if capacity == batch:
+    return all_of_them(images)
 
   def few(images):
     slots = jnp.argsort(~needed, stable=True)[:capacity]  # the needed images first, no repeats
     done = fn(images[slots], *(x[slots] for x in per_image))
     return images.at[slots].set(jnp.where(needed[slots][:, None, None, None], done,
                                           images[slots]))
-
-  def all_of_them(images):
-    return jnp.where(needed[:, None, None, None], fn(images, *per_image), images)
 
   return jax.lax.cond(needed.sum() <= capacity, few, all_of_them, images)
 
