@@ -12,9 +12,9 @@ checkpoint (skipvit_jax/train/stopping.py), 1 on an error.
 
 A mistake in the command line or the config (a config file that does not exist, an override of
 a field the config does not have, a value that does not parse, a workdir that cannot be created,
-a value validation rejects) ends the process before any data is generated or anything compiles,
-with one line on stderr: `error: ` and what to change. Anything else that fails shows its
-traceback.
+a value validation rejects), or a workdir another run holds (skipvit_jax/runtime/workdir_lock.py),
+ends the process before any data is generated or anything compiles, with one line on stderr:
+`error: ` and what to change. Anything else that fails shows its traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Iterator, NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from skipvit_jax.runtime import host_memory
+from skipvit_jax.runtime import host_memory, workdir_lock
 from skipvit_jax.train import loop, stopping, validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
                  "the loader threads (skipvit_jax/runtime/host_memory.py)")
   try:
     result = loop.train_and_evaluate(_CONFIG.value, workdir)
-  except validation.ConfigError as e:
+  except (validation.ConfigError, workdir_lock.WorkdirInUse) as e:
     _fail(str(e))
   if result.preempted:  # SIGTERM: checkpointed; the same command resumes
     sys.exit(stopping.EXIT_PREEMPTED)

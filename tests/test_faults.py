@@ -5,8 +5,10 @@ changed config on resume; a non-finite loss; and the log a run prints."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -80,7 +82,9 @@ def test_sigterm_checkpoints_the_last_step_and_the_rerun_ends_bitwise_equal(
 # Subprocesses: main.py's exit status, and SIGKILL (nothing in the process can react to it).
 
 
-def run_main(data_dir, workdir, fault: str = "") -> subprocess.CompletedProcess:
+def main_command(data_dir, workdir, fault: str = "", *overrides: str) -> tuple[list, dict]:
+  """main.py's command line for the tiny run (with `overrides`, --config.field=value flags)
+  and its environment."""
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=str(REPO),
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
@@ -96,8 +100,13 @@ def run_main(data_dir, workdir, fault: str = "") -> subprocess.CompletedProcess:
       "--config.batch_size=32", "--config.eval_batch_size=16", "--config.num_epochs=2",
       "--config.drop_warmup_epochs=1", "--config.optimizer.warmup_epochs=0.5",
       "--config.log_every_steps=2", "--config.eval_every_epochs=1",
-      "--config.checkpoint_every_steps=4",
+      "--config.checkpoint_every_steps=4", *overrides,
   ]
+  return args, env
+
+
+def run_main(data_dir, workdir, fault: str = "", *overrides: str) -> subprocess.CompletedProcess:
+  args, env = main_command(data_dir, workdir, fault, *overrides)
   return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -127,6 +136,38 @@ def test_sigkill_anywhere_loses_at_most_the_steps_since_the_last_checkpoint(
   assert_bitwise_equal(final_params(tmp_path), reference)
   if latest == {None}:  # the rerun trained every step: its log is a whole run's
     assert_one_line_per_checkpoint_and_no_orbax_chatter(finished.stderr, saves=["4", "8"])
+
+
+# --------------------------------------------------------------------------------------------
+# Two trainers on one workdir.
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_a_held_workdir_stops_before_reading_data(data_dir, tmp_path):
+  # The first runs long (1000 epochs) and is stopped with SIGTERM, as the refusal suggests.
+  args, env = main_command(data_dir, tmp_path, "", "--config.num_epochs=1000")
+  first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    lock = tmp_path / "run.lock"
+    while not (lock.exists() and lock.read_text()):  # the first holds the lock
+      assert first.poll() is None, first.stderr.read()[-2000:]
+      time.sleep(0.05)
+    second = run_main(data_dir, tmp_path)
+    assert first.poll() is None  # the first trains on
+  finally:
+    first.terminate()
+    first_log = first.communicate(timeout=600)[1]
+  assert second.returncode == 1
+  refusal = second.stderr.splitlines()[-1]
+  assert refusal.startswith(f"error: {tmp_path} is in use by process {first.pid} on host "
+                            f"{socket.gethostname()}, started ")
+  assert f"main.py --config={REPO / 'configs/default.py'}" in refusal
+  assert f"kill -TERM {first.pid}" in refusal
+  assert "compiled" not in second.stderr and "restored" not in second.stderr
+  assert first.returncode == stopping.EXIT_PREEMPTED, first_log[-2000:]
+  assert "on SIGTERM; rerun to resume" in first_log
+  assert lock.read_text() == ""  # the first released it on its way out
 
 
 # --------------------------------------------------------------------------------------------

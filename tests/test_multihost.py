@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from skipvit_jax.data import pipeline
+from skipvit_jax.runtime import workdir_lock
 from skipvit_jax.train import loop
 from skipvit_jax.train.metrics import read_metrics
 from tests import test_train
@@ -25,10 +26,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
-  data_dir = str(tmp_path / "tfds")
-  pipeline.load_sources(test_train.tiny_config(data_dir).data)  # generate once, up front
+def run_two_processes(data_dir: str, out_dir) -> list[tuple[int, str]]:
+  """(exit status, output) of each process of tests/support/multihost_driver.py's run."""
   port = _free_port()
   procs = []
   try:
@@ -38,7 +37,7 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
                  JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(process_id), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
       procs.append(subprocess.Popen(
-          [sys.executable, "-m", "tests.support.multihost_driver", data_dir, str(tmp_path)],
+          [sys.executable, "-m", "tests.support.multihost_driver", data_dir, str(out_dir)],
           env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
   finally:
@@ -46,8 +45,16 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
       if p.poll() is None:
         p.kill()
         p.wait()
-  for p, output in zip(procs, outputs):
-    assert p.returncode == 0, output[-3000:]
+  return [(p.returncode, output) for p, output in zip(procs, outputs)]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  pipeline.load_sources(test_train.tiny_config(data_dir).data)  # generate once, up front
+  for returncode, output in run_two_processes(data_dir, tmp_path):
+    assert returncode == 0, output[-3000:]
+  assert (tmp_path / "workdir" / "run.lock").read_text() == ""  # process 0 released it
 
   # Metrics are written by process 0 only: one metrics file, its records once each.
   records = read_metrics(tmp_path / "workdir")
@@ -69,3 +76,15 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     for i, leaf in enumerate(leaves):
       np.testing.assert_array_equal(runs[0][str(i)], run[str(i)])  # processes agree exactly
       np.testing.assert_allclose(run[str(i)], leaf, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_held_workdir_stops_every_process_before_training(tmp_path):
+  # Process 0 finds the lock held (by this process) and says by whom; process 1 learns it from
+  # process 0 instead of waiting for it in the first collective.
+  with workdir_lock.DirectoryLock(tmp_path / "workdir"):
+    (first, output_0), (second, output_1) = run_two_processes(str(tmp_path / "tfds"), tmp_path)
+  assert first != 0 and second != 0
+  assert f"is in use by process {os.getpid()} on host" in output_0
+  assert "process 0 could not lock it" in output_1
+  assert not (tmp_path / "tfds").exists()  # stopped before generating the dataset

@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from scipy import stats as scipy_stats
 
 from configs import skipvit_s16_imagenet
 from configs.sweeps import paper_row
+from skipvit_jax.runtime import workdir_lock
 from skipvit_jax.tools.sweep import results, runner, schema, spec, stats
 from skipvit_jax.train import plan
 from skipvit_jax.train.metrics import METRICS_FILE, MetricWriter
@@ -385,3 +387,13 @@ def test_only_runs_the_named_runs_and_tabulates_every_run(tmp_path, monkeypatch)
       ("dense", "done"), ("6-55-11", "done"), ("6-45-11", "pending")]
   with pytest.raises(ValueError, match=r"--only: no run named \['6-50-11'\]"):
     runner.run_sweep(loaded, tmp_path / "out", only=["6-50-11"])
+
+
+def test_a_second_sweep_on_a_held_sweep_dir_runs_nothing(tmp_path, monkeypatch):
+  loaded = spec.load_sweep(write_sweep(tmp_path / "one.py", repr([{"name": "dense"}])))
+  monkeypatch.setattr(runner, "run_one", lambda *args, **kwargs: pytest.fail("a run started"))
+  with workdir_lock.DirectoryLock(tmp_path / "out", name="sweep"):
+    with pytest.raises(workdir_lock.WorkdirInUse, match=f"in use by process {os.getpid()} "):
+      runner.run_sweep(loaded, tmp_path / "out")
+  assert (tmp_path / "out" / "sweep.lock").read_text() == ""
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sweep.lock"]

@@ -31,7 +31,7 @@ from absl import logging
 
 from skipvit_jax.data import pipeline
 from skipvit_jax.models import flops, pretrained
-from skipvit_jax.runtime import distributed, parallel
+from skipvit_jax.runtime import distributed, parallel, workdir_lock
 from skipvit_jax.train import checkpointing, evaluate, resume, stopping, validation
 from skipvit_jax.train import phases as phases_lib
 from skipvit_jax.train import plan as plan_lib
@@ -159,10 +159,16 @@ class TrainResult:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one."""
+  """Trains and evaluates; resumes from the latest checkpoint in `workdir` if there is one.
+  Raises workdir_lock.WorkdirInUse, before reading data, when another run holds `workdir`."""
   distributed.use_cpu_devices(config.num_cpu_devices)
   distributed.maybe_initialize()
   config = validation.check_config(config)  # before any data is generated or anything compiles
+  with workdir_lock.hold_for_run(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   try:
     sources = pipeline.load_sources(config.data)
   except ValueError as e:  # a dataset it cannot open, the config field named

@@ -23,6 +23,11 @@ checkpoint, then SIGKILL after --grace_period seconds) is recorded as failed wit
 its log, and the sweep goes on. Stopping the sweep itself (Ctrl-C, SIGTERM) stops the run in
 progress the same way.
 
+A sweep holds SWEEP_DIR/sweep.lock while it runs, and each trainer its run dir's run.lock
+(skipvit_jax/runtime/workdir_lock.py): a second sweep on the same directory stops at once with
+one line naming the first; a run whose dir a hand-started trainer holds fails with that line,
+and the next sweep retries it.
+
 After every run, SWEEP_DIR/results.{csv,json,md} are rewritten from the run dirs
 (results.py), so an interrupted sweep still leaves its tables.
 """
@@ -43,6 +48,7 @@ from typing import Any
 from absl import app, logging
 from absl.flags import argparse_flags
 
+from skipvit_jax.runtime import workdir_lock
 from skipvit_jax.tools.sweep import results, schema, spec
 from skipvit_jax.train import stopping
 from skipvit_jax.train.throughput import format_duration
@@ -124,10 +130,20 @@ def run_sweep(sweep: spec.Sweep, sweep_dir: str | os.PathLike, *,
               env: Mapping[str, str] | None = None, only: Collection[str] | None = None,
               grace: float = TERMINATE_GRACE_S) -> list[dict]:
   """Runs every unfinished run of `sweep` in turn (with `only`, those of these names), rewriting
-  the results files, which list every run, after each; returns the result rows."""
+  the results files, which list every run, after each; returns the result rows. Holds
+  SWEEP_DIR/sweep.lock throughout: a second sweep on the directory raises WorkdirInUse (each
+  run's trainer locks its own run dir too)."""
   sweep_dir = Path(sweep_dir)
   if only is not None and (unknown := set(only) - {run.name for run in sweep.runs}):
     raise ValueError(f"--only: no run named {sorted(unknown)} in {sweep.path}")
+  with workdir_lock.DirectoryLock(sweep_dir, name="sweep"):
+    return _run_sweep(sweep, sweep_dir, overrides=overrides, timeout=timeout, env=env,
+                      only=only, grace=grace)
+
+
+def _run_sweep(sweep: spec.Sweep, sweep_dir: Path, *, overrides: Mapping[str, Any] | None,
+               timeout: float | None, env: Mapping[str, str] | None,
+               only: Collection[str] | None, grace: float) -> list[dict]:
   for i, run in enumerate(sweep.runs, 1):
     if only is not None and run.name not in only:
       continue
@@ -203,5 +219,7 @@ def main(args: argparse.Namespace) -> None:
   except KeyboardInterrupt:
     logging.warning("interrupted; rerun the same command to resume")
     sys.exit(130)
+  except workdir_lock.WorkdirInUse as e:
+    sys.exit(f"error: {e}")
   print((Path(args.sweep_dir) / schema.RESULTS_MD).read_text(encoding="utf-8"))
 
