@@ -49,7 +49,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.routing.ratio_of = "present"  # ratios of the tokens present, or "original"
   config.routing.fuse_normalize = False  # "fused": normalise the fusion weights
   config.routing.score = "cls_attention"  # token ranking; "random": the random-subset control
-  config.drop_warmup_epochs = 0.0  # train with all tokens this long before routing
+  # Train with all tokens this long before routing (drop layers, ToMe and PatchDropout alike).
+  config.drop_warmup_epochs = 0.0  # epochs on all tokens first
+
+  # ToMe token merging (skipvit_jax/models/tome.py, docs/method.md §6): after each layer's
+  # attention, r tokens are averaged into their most similar ones. Not with drop layers or ToE.
+  config.tome = ml_collections.ConfigDict()
+  config.tome.r = 0  # tokens merged per layer (0 = off), capped at half of those present
+  config.tome.inflection = 0.0  # schedule: 0 constant r, -1 decreasing 2r..0, +1 increasing
+  config.tome.start_layer = 1  # first layer that merges (1-based)
+  config.tome.proportional_attention = True  # add log(token size) to every key's logits
+  config.tome.merge_at_eval = True  # evaluate with the same merging (the paper); False: all
+
+  # PatchDropout (docs/method.md §7): in training only, a uniformly random subset of the patch
+  # tokens enters layer 1 (drop layers then work within it). Not with ToE.
+  config.patch_dropout = ml_collections.ConfigDict()
+  config.patch_dropout.keep_rate = 1.0  # fraction of patch tokens kept (1.0 = off)
 
   # ToE token expansion after layer 1 (skipvit_jax/models/toe.py); stages start at given epochs.
   config.toe = ml_collections.ConfigDict()

@@ -1,9 +1,12 @@
-"""Fashion-MNIST (real 28 px photographs of clothing, offline): dense, SkipViT rows, ToE.
+"""Fashion-MNIST (real 28 px photographs of clothing, offline): dense, SkipViT rows, ToE, ToMe,
+PatchDropout.
 
   apt-get install dataset-fashion-mnist          # once: the four idx files
   python main.py --config configs/fashion_mnist.py --workdir /tmp/fashion_dense
   python main.py --config configs/fashion_mnist.py:row=6-55-11 --workdir /tmp/fashion_6_55_11
   python main.py --config configs/fashion_mnist.py:toe --workdir /tmp/fashion_toe
+  python main.py --config configs/fashion_mnist.py:tome_r=2,tome_start=2 --workdir /tmp/fashion_tome
+  python main.py --config configs/fashion_mnist.py:patch_keep=0.82 --workdir /tmp/fashion_pd
   python main.py --config configs/fashion_mnist.py:long --workdir /tmp/fashion_long
 
 A 12-layer ViT (so the SkipViT paper's layer numbers mean the same) on 4 px patches: 7 x 7 =
@@ -11,7 +14,15 @@ A 12-layer ViT (so the SkipViT paper's layer numbers mean the same) on 4 px patc
 drop 55% at layer 6, return before layer 11; "6-45-fused"; "4.7-30.30-10"; ...), after a drop
 warm-up; `row=dense` (the default) routes nothing. `:toe` adds ToE after layer 1, its stages
 compressed to the run. `:random` replaces the [CLS]-attention ranking of a row by a random
-subset of the same size (the control). `:long` is the longer recipe: width 40 (Tw/4) with a
+subset of the same size (the control). `tome_r=<int>` merges that many tokens per layer with
+ToMe (config.tome: proportional attention, the same merging at evaluation) from layer
+`tome_start` (default 1), and `patch_keep=<float>` keeps that fraction of the patch tokens at
+the input in training (PatchDropout, config.patch_dropout); both start after the same drop
+warm-up as a row (`warmup`). On the 5.5-epoch recipe, `tome_r=2,tome_start=2` (2 tokens in
+each of layers 2-12) and `patch_keep=0.82` (40 of 49 patches) are the settings whose
+FLOP-ideal whole-run speedup comes closest to `row=6-55-11`'s (`tome_r=2` from layer 1
+overshoots it, `tome_r=1` falls short; docs/method.md §8 has the command). `patch_keep`
+combines with a row, `tome_r` does not. `:long` is the longer recipe: width 40 (Tw/4) with a
 convolutional stem (config.model.stem), batch 64, 12 epochs; it combines with the others
 (`:long,row=6-55-11`).
 
@@ -29,15 +40,22 @@ from configs.sweeps import paper_row
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, row="dense", toe=False, random=False, warmup=1.0, long=False)
+  args = common.parse_arg(arg, row="dense", toe=False, random=False, warmup=1.0, long=False,
+                          tome_r=0, tome_start=1, patch_keep=1.0)
   config = common.base_config()
   config.model.variant = "Te/4"  # width 32, 12 layers; 28 px / 4 = 49 patches
 
   if args.row != "dense":
     config.update_from_flattened_dict(paper_row(args.row))
-    config.drop_warmup_epochs = args.warmup  # epochs on all tokens before dropping
   if args.random:
     config.routing.score = "random"
+  if args.tome_r:
+    config.tome.r = args.tome_r  # tokens merged per layer ...
+    config.tome.start_layer = args.tome_start  # ... from this layer on
+  if args.patch_keep < 1.0:
+    config.patch_dropout.keep_rate = args.patch_keep  # patch tokens kept in training
+  if args.row != "dense" or args.tome_r or args.patch_keep < 1.0:
+    config.drop_warmup_epochs = args.warmup  # epochs on all tokens before reducing
 
   if args.toe:
     config.toe.enabled = True

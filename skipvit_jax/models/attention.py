@@ -33,6 +33,11 @@ over the tokens it has. The kernel's gather-by-index mode is benchmarked on its 
 (benchmarks/gather_attention.py).
 
 All give the same routing decisions in float32 (tests/test_attention.py).
+
+A logit bias per key (`key_bias`, ToMe's proportional attention: log of each token's size,
+docs/method.md §6) is taken by "xla" and "dot_product_attention"; "auto" resolves to "xla"
+when there is one. "cudnn" and the Pallas kernel take none (BIAS_IMPLEMENTATIONS lists those
+that do; config validation rejects the others before anything compiles).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from kernels import gather_attention as gather_attention_kernel
 from skipvit_jax.models import routing
 
 IMPLEMENTATIONS = ("auto", "xla", "dot_product_attention", "cudnn", "pallas", "pallas_interpret")
+# The implementations that add a per-key logit bias (ToMe's proportional attention).
+BIAS_IMPLEMENTATIONS = ("auto", "xla", "dot_product_attention")
 
 # What cuDNN's fused attention accepts (JAX's own checks, kept conservative: head dimensions
 # up to 256 need a Hopper GPU, 128 runs on every generation).
@@ -62,6 +69,7 @@ class AttentionResult(NamedTuple):
   out: jax.Array  # (B, N, H, D)
   cls_scores: jax.Array | None  # (B, N - 1) float32, head-averaged [CLS] row, patch columns
   probs: jax.Array | None  # (B, H, N, N) float32
+  key_mean: jax.Array | None = None  # (B, N, D) keys averaged over heads (ToMe's metric)
 
 
 def check_implementation(name: str) -> None:
@@ -77,29 +85,42 @@ def attend(
     implementation: str = "xla",
     with_cls_scores: bool = False,
     with_probs: bool = False,
+    key_bias: jax.Array | None = None,
 ) -> AttentionResult:
   """Softmax attention of every token to every token.
 
   Args:
     q, k, v: (B, N, H, D), [CLS] at index 0.
-    implementation: one of IMPLEMENTATIONS.
+    implementation: one of IMPLEMENTATIONS (one of BIAS_IMPLEMENTATIONS with `key_bias`).
     with_cls_scores: also return the head-averaged [CLS] attention row (patch columns).
     with_probs: also return the full attention probabilities (for inspection; this
       materialises a (B, H, N, N) array whatever the implementation).
+    key_bias: (B, N) float32 added to every query's logit for key j (after the 1/sqrt(D)
+      scale), or None. Takes no gradient.
   """
-  implementation = resolve(implementation, dtype=q.dtype, head_dim=q.shape[-1])
-  probs = attention_probs(q, k) if with_probs else None
+  implementation = resolve(implementation, dtype=q.dtype, head_dim=q.shape[-1],
+                           with_bias=key_bias is not None)
+  if key_bias is not None:
+    if implementation not in BIAS_IMPLEMENTATIONS:
+      raise ValueError(
+          f"attention implementation: {implementation!r} takes no logit bias (ToMe's "
+          f"proportional attention); must be one of {BIAS_IMPLEMENTATIONS}")
+    key_bias = jax.lax.stop_gradient(key_bias).astype(jnp.float32)
+  probs = attention_probs(q, k, key_bias) if with_probs else None
   cls_scores = None
   if implementation == "xla":
-    out, cls_scores = _xla_attention(q, k, v)
+    out, cls_scores = _xla_attention(q, k, v, key_bias)
   elif implementation == "dot_product_attention":
-    out = jax.nn.dot_product_attention(q, k, v)
+    bias = None if key_bias is None else key_bias[:, None, None, :].astype(q.dtype)
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias)
   elif implementation == "cudnn":
     out = _cudnn_attention(q, k, v)
   else:
     out, cls_scores = _pallas_attention(q, k, v, interpret=implementation == "pallas_interpret")
 
   if with_cls_scores and cls_scores is None:
+    if key_bias is not None:
+      probs = attention_probs(q, k, key_bias) if probs is None else probs
     if probs is not None:
       cls_scores = probs[:, :, 0, 1:].mean(axis=1)
     else:
@@ -110,21 +131,27 @@ def attend(
 
 
 def resolve(
-    implementation: str, backend: str | None = None, *, dtype=None, head_dim: int | None = None
+    implementation: str, backend: str | None = None, *, dtype=None, head_dim: int | None = None,
+    with_bias: bool = False,
 ) -> str:
   """The concrete implementation `implementation` means on `backend` (default: JAX's) for
-  inputs of `dtype` and `head_dim` (None: any that cuDNN supports)."""
+  inputs of `dtype` and `head_dim` (None: any that cuDNN supports), with a logit bias or not
+  ("auto" with a bias is "xla")."""
   check_implementation(implementation)
   if implementation != "auto":
     return implementation
+  if with_bias:
+    return "xla"
   return "cudnn" if _cudnn_unsupported(backend, dtype, head_dim) is None else "xla"
 
 
-def runs_as(implementation: str, *, dtype, head_dim: int, backend: str | None = None) -> str:
-  """What `implementation` runs on `backend` for inputs of `dtype` and `head_dim`: the
-  resolved name, or the fallback and why (for benchmark and log records)."""
+def runs_as(implementation: str, *, dtype, head_dim: int, backend: str | None = None,
+            with_bias: bool = False) -> str:
+  """What `implementation` runs on `backend` for inputs of `dtype` and `head_dim` (with a
+  logit bias or not): the resolved name, or the fallback and why (for benchmark and log
+  records)."""
   backend = jax.default_backend() if backend is None else backend
-  name = resolve(implementation, backend, dtype=dtype, head_dim=head_dim)
+  name = resolve(implementation, backend, dtype=dtype, head_dim=head_dim, with_bias=with_bias)
   if name == "cudnn":
     reason = _cudnn_unsupported(backend, dtype, head_dim)
     return name if reason is None else f"xla (cudnn cannot run: {reason})"
@@ -197,8 +224,9 @@ def _log_fallback_once(implementation: str, reason: str, instead: str) -> None:
   logging.info("attention %r: %s; using %s", implementation, reason, instead)
 
 
-def _xla_attention(q, k, v) -> tuple[jax.Array, jax.Array]:
-  """Explicit attention; returns (out (B, N, H, D), [CLS] scores (B, N - 1)).
+def _xla_attention(q, k, v, key_bias=None) -> tuple[jax.Array, jax.Array]:
+  """Explicit attention, with `key_bias` (B, N) added to the logits when given; returns
+  (out (B, N, H, D), [CLS] scores (B, N - 1)).
 
   The softmax denominator is applied after the value product, to the (N, D) output rows
   instead of the (N, N) weights: one full pass over the attention matrix less, forward and
@@ -206,6 +234,8 @@ def _xla_attention(q, k, v) -> tuple[jax.Array, jax.Array]:
   """
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   logits = logits / math.sqrt(q.shape[-1])
+  if key_bias is not None:
+    logits = logits + key_bias[:, None, None, :]
   weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
   denominator = weights.sum(axis=-1)  # (B, H, N)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
@@ -214,7 +244,11 @@ def _xla_attention(q, k, v) -> tuple[jax.Array, jax.Array]:
   return out, cls_scores
 
 
-def attention_probs(q: jax.Array, k: jax.Array) -> jax.Array:
-  """q, k: (B, N, H, D) -> softmax(q k^T / sqrt(D)): (B, H, N, N) float32."""
+def attention_probs(q: jax.Array, k: jax.Array, key_bias: jax.Array | None = None) -> jax.Array:
+  """q, k: (B, N, H, D), key_bias: (B, N) or None -> softmax(q k^T / sqrt(D) + key_bias):
+  (B, H, N, N) float32."""
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-  return jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1)
+  logits = logits / math.sqrt(q.shape[-1])
+  if key_bias is not None:
+    logits = logits + key_bias[:, None, None, :]
+  return jax.nn.softmax(logits, axis=-1)

@@ -6,9 +6,11 @@ set-aside tokens go back to their original positions. Every count here is a Pyth
 decided on the host, so each routed model is one fixed-shape XLA program.
 
 `RoutingConfig` is the user-facing description (1-based layer numbers as in the SkipViT
-paper); `RoutingConfig.plan` validates it against a model and turns it into the static token
-counts the model and the FLOP model use. The semantics are specified in `docs/method.md` §2
-(§5 for drop layers after ToE).
+paper) of every token reduction a phase of training can switch on or off: SkipViT's drop
+layers, ToMe's merging (`skipvit_jax/models/tome.py`) and PatchDropout at the input.
+`RoutingConfig.plan` validates it against a model and turns it into the static token counts
+the model and the FLOP model use. The semantics are specified in `docs/method.md` §2 (§5 for
+drop layers after ToE, §6 for ToMe, §7 for PatchDropout).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from skipvit_jax.models.tome import ToMeConfig, merge_schedule
 
 MODES = ("skip", "fused", "drop")
 DROP_POINTS = ("after_attention", "block_input")
@@ -57,6 +61,17 @@ def random_scores(key: jax.Array, batch: int, num_tokens: int) -> jax.Array:
   size, independently per example (ties have probability ~0 and fall to the lower
   position, as in `split_tokens`)."""
   return jax.random.uniform(key, (batch, num_tokens), jnp.float32)
+
+
+def patch_dropout_count(num_patches: int, keep_rate: float) -> int:
+  """PatchDropout's kept patch count: floor(round(keep_rate * P, 9)) (the same float guard as
+  drop ratios, §2.4), which must be >= 1."""
+  num_keep = math.floor(round(keep_rate * num_patches, 9))
+  if num_keep < 1:
+    raise ValueError(
+        f"RoutingConfig.patch_keep_rate: {keep_rate} of {num_patches} patch tokens keeps none; "
+        f"allowed: rates in [1 / {num_patches}, 1]")
+  return num_keep
 
 
 def split_tokens(
@@ -189,6 +204,12 @@ class RoutingConfig:
       RNG stream: in training a function of (seed, step); without that stream, as in
       evaluation, from a fixed key per layer). Not with mode "fused", whose fusion weights
       are the [CLS] attention.
+    tome: ToMe's token merging (skipvit_jax/models/tome.py); r = 0 (the default) merges
+      nothing. Not with drop layers.
+    patch_keep_rate: PatchDropout: in training, keep this uniformly random fraction of the
+      patch tokens at the input (after the position embedding, before layer 1), drawn from
+      the model's "routing" RNG stream; every token at evaluation. 1.0 (the default) keeps
+      all. Drop layers then rank and restore within the kept tokens (as after ToE).
   """
 
   drop_layers: tuple[int, ...] = ()
@@ -199,6 +220,8 @@ class RoutingConfig:
   ratio_of: str = "present"
   fuse_normalize: bool = False
   score: str = "cls_attention"
+  tome: ToMeConfig = ToMeConfig()
+  patch_keep_rate: float = 1.0
 
   def __post_init__(self):
     # ml_collections and JSON hand us lists; the module attribute must be hashable.
@@ -250,10 +273,30 @@ class RoutingConfig:
           f"RoutingConfig.return_layer: must be None when drop_layers is empty, "
           f"got {self.return_layer}"
       )
+    if not isinstance(self.tome, ToMeConfig):
+      raise ValueError(f"RoutingConfig.tome: must be a ToMeConfig, got {self.tome!r}")
+    if self.tome.merges and self.drop_layers:
+      raise ValueError(
+          f"RoutingConfig.tome: ToMe's merging (r={self.tome.r}) does not combine with drop "
+          f"layers {self.drop_layers}; use one or the other (drop_layers=() or r=0)")
+    rate = self.patch_keep_rate
+    if (not isinstance(rate, numbers.Real) or isinstance(rate, bool)
+        or not 0.0 < rate <= 1.0):
+      raise ValueError(f"RoutingConfig.patch_keep_rate: must be in (0, 1] (1.0: off), got "
+                       f"{rate!r}")
+    object.__setattr__(self, "patch_keep_rate", float(rate))
 
   @property
   def routes(self) -> bool:
-    return bool(self.drop_layers)
+    """Whether the model reduces tokens at evaluation: drop layers, or ToMe merging with
+    `merge_at_eval` (so evaluating with all tokens differs)."""
+    return bool(self.drop_layers) or (self.tome.merges and self.tome.merge_at_eval)
+
+  @property
+  def reduces(self) -> bool:
+    """Whether training reduces tokens: drop layers, ToMe or PatchDropout (what a drop
+    warm-up turns off)."""
+    return bool(self.drop_layers) or self.tome.merges or self.patch_keep_rate < 1.0
 
   @classmethod
   def from_paper_row(cls, row: str) -> RoutingConfig:
@@ -273,8 +316,9 @@ class RoutingConfig:
           f"'6-55-11' or '4.7-30.30-10', got {row!r}") from None
     return cls(drop_layers, drop_ratios, return_layer, mode="fused" if back == "fused" else "skip")
 
-  def plan(self, depth: int, num_patches: int) -> RoutingPlan:
-    """Validates against a model and returns the static per-layer token counts."""
+  def plan(self, depth: int, num_patches: int, *, train: bool = True) -> RoutingPlan:
+    """Validates against a model and returns the static per-layer token counts, in training
+    (PatchDropout on; ToMe on) or at evaluation (all patches; ToMe with merge_at_eval)."""
     for layer in self.drop_layers:
       if not 1 <= layer <= depth:
         raise ValueError(
@@ -286,8 +330,11 @@ class RoutingConfig:
           f"RoutingConfig.return_layer: must be in {self.drop_layers[-1] + 1}..{depth} "
           f"(after the last drop layer {self.drop_layers[-1]}), got {self.return_layer}"
       )
+    patch_dropout_count(num_patches, self.patch_keep_rate)  # validates in both cases
+    num_input = (patch_dropout_count(num_patches, self.patch_keep_rate) if train
+                 else num_patches)
     stages = []
-    present = num_patches  # non-[CLS] tokens in the sequence
+    present = num_input  # non-[CLS] tokens in the sequence
     for layer, ratio in zip(self.drop_layers, self.drop_ratios):
       base = present if self.ratio_of == "present" else num_patches
       # round() first so that e.g. 0.29 * 100 = 28.999999999999996 drops 29, not 28.
@@ -300,9 +347,10 @@ class RoutingConfig:
         )
       stages.append(DropStage(layer=layer, num_present=present, num_keep=num_keep))
       present = num_keep + (1 if self.mode == "fused" else 0)
-    return RoutingPlan(
-        config=self, depth=depth, num_patches=num_patches, stages=tuple(stages)
-    )
+    merging = self.tome.merges and (train or self.tome.merge_at_eval)
+    merges = merge_schedule(self.tome, depth, 1 + num_input) if merging else (0,) * depth
+    return RoutingPlan(config=self, depth=depth, num_patches=num_patches, stages=tuple(stages),
+                       num_input=num_input, merges=merges)
 
 
 class DropStage(NamedTuple):
@@ -317,12 +365,25 @@ class DropStage(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class RoutingPlan:
-  """Static token counts of a validated `RoutingConfig` for one model."""
+  """Static token counts of a validated `RoutingConfig` for one model, in training or at
+  evaluation."""
 
   config: RoutingConfig
   depth: int
-  num_patches: int
+  num_patches: int  # patch tokens given to the routing (after ToE, if any)
   stages: tuple[DropStage, ...]
+  num_input: int | None = None  # patch tokens entering layer 1: after PatchDropout, if on
+  merges: tuple[int, ...] = ()  # ToMe's r per layer (zeros without merging)
+
+  def __post_init__(self):
+    if self.num_input is None:
+      object.__setattr__(self, "num_input", self.num_patches)
+    if not self.merges:
+      object.__setattr__(self, "merges", (0,) * self.depth)
+
+  def merge_at(self, layer: int) -> int:
+    """ToMe's r at 1-based `layer` (0: no merge)."""
+    return self.merges[layer - 1]
 
   def stage_at(self, layer: int) -> DropStage | None:
     """The drop stage at 1-based `layer`, if any."""
@@ -331,13 +392,15 @@ class RoutingPlan:
   def tokens_per_layer(self) -> tuple[tuple[int, int], ...]:
     """Per 1-based layer, (tokens through attention, tokens through the MLP), [CLS] included."""
     counts = []
-    present = self.num_patches
+    present = self.num_input
     for layer in range(1, self.depth + 1):
       if layer == self.config.return_layer:
-        present = self.num_patches
+        present = self.num_input
       stage = self.stage_at(layer)
       if stage is None:
-        counts.append((1 + present, 1 + present))
+        merged = present - self.merge_at(layer)
+        counts.append((1 + present, 1 + merged))
+        present = merged
         continue
       after = stage.num_keep + (1 if self.config.mode == "fused" else 0)
       before_attention = self.config.drop_point == "after_attention"

@@ -1,4 +1,4 @@
-"""Vision Transformer (Flax linen) with SkipViT token routing.
+"""Vision Transformer (Flax linen) with token routing: SkipViT, ToMe, PatchDropout, ToE.
 
 Architecture and parameter names follow google-research/vision_transformer (and big_vision's
 initialisation), so dense ViT checkpoints map onto this tree one to one:
@@ -11,8 +11,9 @@ initialisation), so dense ViT checkpoints map onto this tree one to one:
   Transformer/encoder_norm
   head                                 (C, num_classes), zero-initialised
 
-Routing is part of the module's configuration (`routing=RoutingConfig(...)`); the forward
-pass only takes `train` and whether to capture attention maps.
+Routing is part of the module's configuration (`routing=RoutingConfig(...)`, which also holds
+ToMe's merging and PatchDropout); the forward pass only takes `train` and whether to capture
+attention maps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 
 from skipvit_jax.models import attention, routing
 from skipvit_jax.models import toe as toe_lib
+from skipvit_jax.models import tome as tome_lib
 from skipvit_jax.models.routing import RoutingConfig
 from skipvit_jax.models.variants import ViTDims, conv_stem_channels, decode_variant
 
@@ -63,9 +65,13 @@ class MultiHeadAttention(nn.Module):
     self.out = _DenseParams((heads, head_dim, self.width), (self.width,), out_init)
 
   def __call__(
-      self, h: Array, *, with_cls_scores: bool = False, with_probs: bool = False
+      self, h: Array, *, with_cls_scores: bool = False, with_probs: bool = False,
+      key_bias: Array | None = None, with_key_mean: bool = False,
   ) -> attention.AttentionResult:
-    """h: (B, N, C) normalised tokens -> AttentionResult with out: (B, N, C)."""
+    """h: (B, N, C) normalised tokens -> AttentionResult with out: (B, N, C).
+
+    key_bias: (B, N) added to every key's logits (ToMe's proportional attention), or None.
+    with_key_mean: also return the keys averaged over heads, (B, N, D) (ToMe's metric)."""
     # One (C, 3C) matmul instead of three (C, C) ones.
     kernel = jnp.stack([self.query.kernel, self.key.kernel, self.value.kernel], axis=1)
     bias = jnp.stack([self.query.bias, self.key.bias, self.value.bias], axis=0)
@@ -73,10 +79,11 @@ class MultiHeadAttention(nn.Module):
     q, k, v = qkv + bias.astype(self.dtype)[:, None, None]
     result = attention.attend(
         q, k, v, implementation=self.implementation,
-        with_cls_scores=with_cls_scores, with_probs=with_probs,
+        with_cls_scores=with_cls_scores, with_probs=with_probs, key_bias=key_bias,
     )
     out = jnp.einsum("bnhd,hdc->bnc", result.out, self.out.kernel.astype(self.dtype))
-    return result._replace(out=out + self.out.bias.astype(self.dtype))
+    return result._replace(out=out + self.out.bias.astype(self.dtype),
+                           key_mean=k.mean(axis=2) if with_key_mean else None)
 
   def cls_scores(self, h: Array) -> Array:
     """The [CLS] row of this layer's attention over all tokens, without projecting keys.
@@ -128,7 +135,8 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LayerNorm transformer block; at a drop layer it also splits the tokens."""
+  """Pre-LayerNorm transformer block; at a drop layer it also splits the tokens, at a ToMe
+  layer it merges them (after the attention residual, before the MLP)."""
 
   dims: ViTDims
   routing_config: RoutingConfig
@@ -140,11 +148,17 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: Array, train: bool, stage: routing.DropStage | None, capture_attention: bool
-  ) -> tuple[Array, routing.Split | None, Array | None]:
-    """x: (B, n, C) -> (x_out: (B, n', C), split at this layer or None, probs or None).
+      self, x: Array, train: bool, stage: routing.DropStage | None, capture_attention: bool,
+      merge: int = 0, size: Array | None = None,
+  ) -> tuple[Array, routing.Split | None, Array | None, Array | None,
+             tome_lib.Matching | None]:
+    """x: (B, n, C) -> (x_out: (B, n', C), split at this layer or None, probs or None,
+    token sizes (B, n') or None, ToMe's matching at this layer or None).
 
-    The arguments after x are positional so that `nn.remat` can take them as static."""
+    merge: ToMe's r at this layer (0: none). size: (B, n) float32 token sizes once an earlier
+    layer merged (None before: every size is 1); with proportional attention their logs bias
+    the attention logits. The arguments after x are positional so that `nn.remat` can take
+    train, stage, capture_attention and merge as static."""
     # Stochastic depth: one Bernoulli draw per example, shared by all of its tokens.
     drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2))
     norm_attn = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")
@@ -159,22 +173,35 @@ class EncoderBlock(nn.Module):
       scores = attn.cls_scores(norm_attn(x)) if by_attention else self._random_scores(x, stage)
       x, split = routing.route(x, scores, stage, self.routing_config)
 
+    tome = self.routing_config.tome
+    biased = size is not None and tome.proportional_attention
     result = attn(
         norm_attn(x),
         with_cls_scores=stage is not None and point == "after_attention" and by_attention,
         with_probs=capture_attention,
+        key_bias=tome_lib.proportional_bias(size) if biased else None,
+        with_key_mean=merge > 0,
     )
     y = nn.Dropout(self.dropout_rate)(result.out, deterministic=not train)
     x = x + drop_path(y, deterministic=not train)
     if stage is not None and point == "after_attention":
       scores = result.cls_scores if by_attention else self._random_scores(x, stage)
       x, split = routing.route(x, scores, stage, self.routing_config)
+    matching = None
+    if merge:
+      # Similarities at HIGHEST precision: the decisions do not depend on the backend's
+      # default matmul precision, for (ceil(n/2) floor(n/2) D) MACs, far below the block's.
+      matching = tome_lib.bipartite_soft_matching(
+          result.key_mean, merge, precision=jax.lax.Precision.HIGHEST)
+      if size is None:
+        size = jnp.ones(x.shape[:2], jnp.float32)
+      x, size = tome_lib.merge_wavg(x, size, matching)
 
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_2")(x)
     y = MlpBlock(self.dims.mlp_dim, self.dropout_rate, self.dtype, self.gelu,
                  name="MlpBlock_3")(y, train=train)
     x = x + drop_path(y, deterministic=not train)
-    return x, split, result.probs
+    return x, split, result.probs, size, matching
 
   def _random_scores(self, x: Array, stage: routing.DropStage) -> Array:
     """(B, n) uniform scores for the n non-[CLS] tokens of x (RoutingConfig.score "random").
@@ -196,7 +223,8 @@ class AddPositionEmbs(nn.Module):
 
 
 class Encoder(nn.Module):
-  """The transformer stack; owns the routing between layers (split, skip, restore)."""
+  """The transformer stack; owns the routing between layers (PatchDropout at the input;
+  split, skip, restore; ToMe's sizes and merge groups)."""
 
   dims: ViTDims
   routing_config: RoutingConfig
@@ -214,7 +242,7 @@ class Encoder(nn.Module):
     batch, num_patches = x.shape[0], x.shape[1] - 1
     config = self.routing_config
     # With ToE, drop layers (all after layer 1) rank and restore within ToE's sequence.
-    plan = config.plan(self.dims.depth, _tokens_after_toe(num_patches, self.toe))
+    plan = config.plan(self.dims.depth, _tokens_after_toe(num_patches, self.toe), train=train)
 
     x = AddPositionEmbs(name="posembed_input")(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -222,12 +250,24 @@ class Encoder(nn.Module):
     # Original patch position of every non-[CLS] token in the sequence (-1: fused token).
     positions = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (batch, num_patches))
     aux: dict[str, Any] = {}
+    if plan.num_input < plan.num_patches:  # PatchDropout (training only)
+      x, positions = self._patch_dropout(x, plan.num_input)
+      aux["patch_dropout"] = {"keep_idx": positions}
+    merging = any(plan.merges)
+    if merging:
+      # ToMe's merge groups: the sequence index of the token each original patch is in
+      # (-1: removed by PatchDropout); sizes stay None until the first merge.
+      groups = jnp.full((batch, num_patches), -1, jnp.int32).at[
+          jnp.arange(batch)[:, None], positions].set(
+              jnp.arange(1, 1 + positions.shape[1], dtype=jnp.int32))
+    size = None
     waiting: list[routing.Split] = []  # splits whose dropped tokens ride the skip connection
     positions_before_split = positions
     records, attention_maps, layer_positions = [], [], []
     # Rematerialised blocks keep only their inputs for the backward pass and recompute the
-    # rest; train, stage and capture_attention (arguments 2-4, self being 0) shape the trace.
-    block = nn.remat(EncoderBlock, static_argnums=(2, 3, 4)) if self.remat else EncoderBlock
+    # rest; train, stage, capture_attention and merge (arguments 2-5, self being 0) shape the
+    # trace.
+    block = nn.remat(EncoderBlock, static_argnums=(2, 3, 4, 5)) if self.remat else EncoderBlock
     for index in range(self.dims.depth):
       layer = index + 1
       if layer == 2 and self.toe is not None:
@@ -244,11 +284,19 @@ class Encoder(nn.Module):
       rate = self.stochastic_depth * index / max(self.dims.depth - 1, 1)
       stage = plan.stage_at(layer)
       seen = positions  # the tokens this layer's attention sees (unless it splits first)
-      x, split, probs = block(
+      num_tokens = x.shape[1]
+      x, split, probs, size, matching = block(
           self.dims, config, self.attention_implementation, self.dropout_rate, rate, self.dtype,
           self.gelu, name=f"encoderblock_{index}",
-      )(x, train, stage, capture_attention)
+      )(x, train, stage, capture_attention, plan.merge_at(layer), size)
       attention_maps.append(probs)
+      if matching is not None:
+        new_slot = tome_lib.merged_index(matching, num_tokens)  # (B, n + 1)
+        groups = jnp.where(
+            groups >= 0, jnp.take_along_axis(new_slot, jnp.maximum(groups, 0), axis=1), -1)
+        host = tome_lib.source_index(matching, num_tokens)[:, 1:]  # sequence index before
+        with_cls = jnp.pad(positions, ((0, 0), (1, 0)), constant_values=-1)
+        positions = jnp.take_along_axis(with_cls, host, axis=1)
 
       if split is not None:
         if not records:
@@ -271,11 +319,25 @@ class Encoder(nn.Module):
       layer_positions.append(seen)
 
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+    if merging:
+      aux["tome"] = {"merge_groups": groups, "sizes": size}
     aux["routing"] = tuple(records)
     aux["token_positions"] = tuple(layer_positions)
     if capture_attention:
       aux["attention"] = tuple(attention_maps)
     return x, aux
+
+
+  def _patch_dropout(self, x: Array, num_keep: int) -> tuple[Array, Array]:
+    """PatchDropout: x (B, 1 + P, C) -> ([CLS] + a uniformly random `num_keep` patches in
+    ascending position order, their positions (B, num_keep) int32).
+
+    Training passes the "routing" RNG stream (a function of seed and step); without it the
+    draw is from the fixed key(0)."""
+    key = self.make_rng("routing") if self.has_rng("routing") else jax.random.key(0)
+    scores = routing.random_scores(key, x.shape[0], x.shape[1] - 1)
+    kept, keep_idx, _, _ = routing.split_tokens(x, scores, num_keep)
+    return kept, keep_idx
 
 
 STEMS = ("patch", "conv")
@@ -318,7 +380,8 @@ class ViT(nn.Module):
     image_size: square input side in pixels; a multiple of the patch size.
     dropout_rate: dropout after the embedding, attention and MLP layers.
     stochastic_depth: drop-path rate of the last block (linearly from 0 at the first).
-    routing: which layers drop tokens and how (default: none).
+    routing: which layers drop tokens and how, ToMe's merging and PatchDropout (default:
+      none).
     toe: a ToE plan (skipvit_jax/models/toe.py) reducing the tokens after layer 1, or None. Drop
       layers then rank and restore within ToE's reduced sequence.
     attention: attention implementation name (see skipvit_jax.models.attention; "auto" picks per
@@ -344,6 +407,14 @@ class ViT(nn.Module):
       probabilities over the tokens present at that layer (the same tokens).
     "toe": with an active ToE plan, out_index (B, 1 + S) int32: each token's position in the
       full sequence after ToE (0 for [CLS]).
+    "tome": when ToMe merges in this forward pass, merge_groups (B, P) int32: for each
+      original patch, the index of the final token (in the encoder's output sequence, [CLS]
+      being 0) it ended in, composed over every merge (-1 for a patch PatchDropout removed);
+      sizes (B, N') float32: the patches each final token stands for. With ToMe,
+      "token_positions" gives each token's host patch (an unmerged token's own, a merged
+      group's B token's).
+    "patch_dropout": in training with patch_keep_rate < 1, keep_idx (B, K) int32: the patch
+      positions kept at the input, ascending.
   """
 
   variant: str = "S/16"
@@ -386,12 +457,23 @@ class ViT(nn.Module):
         raise ValueError(
             f"toe: the plan is for {self.toe.num_patches} patches, the model has {self.num_patches}"
         )
-      if self.routing.routes and self.routing.drop_layers[0] < 2:
+      if self.routing.tome.merges or self.routing.patch_keep_rate < 1.0:
+        raise ValueError(
+            "toe: ToE does not combine with ToMe (RoutingConfig.tome) or PatchDropout "
+            "(RoutingConfig.patch_keep_rate); use one of them")
+      if self.routing.drop_layers and self.routing.drop_layers[0] < 2:
         raise ValueError(
             f"RoutingConfig.drop_layers: with ToE (after layer 1) drop layers must be in "
             f"2..{dims.depth}, got {self.routing.drop_layers}"
         )
-    _ = self.routing_plan  # validates the routing against this model
+    if (self.routing.tome.merges and self.routing.tome.proportional_attention
+        and self.attention not in attention.BIAS_IMPLEMENTATIONS):
+      raise ValueError(
+          f"attention: ToMe's proportional attention adds a logit bias, which {self.attention!r} "
+          f"does not take; must be one of {attention.BIAS_IMPLEMENTATIONS}, or "
+          "ToMeConfig(proportional_attention=False)")
+    for train in (True, False):
+      self.token_plan(train)  # validates the routing against this model
     super().__post_init__()
 
   @property
@@ -404,8 +486,14 @@ class ViT(nn.Module):
 
   @property
   def routing_plan(self) -> routing.RoutingPlan:
-    """The routing's static token counts in this model (after ToE, if any)."""
-    return self.routing.plan(self.dims.depth, _tokens_after_toe(self.num_patches, self.toe))
+    """The routing's static token counts in this model at evaluation (after ToE, if any;
+    without PatchDropout, which only trains). `token_plan(train=True)` gives training's."""
+    return self.token_plan(train=False)
+
+  def token_plan(self, train: bool) -> routing.RoutingPlan:
+    """The routing's static token counts in training or at evaluation (after ToE, if any)."""
+    return self.routing.plan(self.dims.depth, _tokens_after_toe(self.num_patches, self.toe),
+                             train=train)
 
   @nn.compact
   def __call__(

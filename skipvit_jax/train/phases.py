@@ -1,7 +1,8 @@
 """Training phases: which token layout each step trains with.
 
 A phase is a run of consecutive steps that share one static token layout, so it is one
-compiled train step. SkipViT's drop warm-up splits training in two (all tokens, then routed);
+compiled train step. The drop warm-up splits training in two (all tokens, then routed: SkipViT's
+drop layers, ToMe's merging and PatchDropout alike);
 ToE's stages split it at their start epochs (e.g. 99, 148, then 197 tokens for DeiT-S). The
 phases are the intersection of both. The trainer asks `phase_at(phases, step)`; phases are
 decided on the host from the config, never from data, and a resumed run lands in the right
@@ -40,7 +41,7 @@ class Phase:
   name: str
   start_step: int  # first step of the phase
   end_step: int  # one past its last step
-  routing: RoutingConfig  # the model's SkipViT routing during the phase
+  routing: RoutingConfig  # the model's routing during the phase (drop layers, ToMe, PatchDropout)
   toe: toe_lib.ToEPlan | None = None  # ToE's reduction during the phase (None: off)
 
   @property
@@ -58,12 +59,13 @@ def make_phases(
     steps_per_epoch: int = 1,
     num_patches: int = 0,
 ) -> tuple[Phase, ...]:
-  """All tokens for `drop_warmup_steps`, then `routing`; ToE stages switch at their epochs."""
+  """All tokens for `drop_warmup_steps`, then `routing` (whatever it reduces: drop layers, ToMe,
+  PatchDropout); ToE stages switch at their epochs."""
   if total_steps < 1:
     raise ValueError(f"total training steps must be >= 1, got {total_steps}")
   if drop_warmup_steps < 0:
     raise ValueError(f"drop_warmup_steps must be >= 0, got {drop_warmup_steps}")
-  warmup_end = drop_warmup_steps if routing.routes else 0
+  warmup_end = drop_warmup_steps if routing.reduces else 0
   starts = {0, warmup_end}
   if toe is not None:
     # A stage starting mid-epoch (fine-tuning schedules) starts at the first step at or after it.
@@ -77,7 +79,7 @@ def make_phases(
     epoch = start / steps_per_epoch
     plan = toe.plan(num_patches, epoch) if toe is not None else None
     parts = [f"toe_stage{toe_lib.stage_at(toe.expansion_epochs, epoch)}"] if toe is not None else []
-    if routing.routes:
+    if routing.reduces:
       parts.append("drop_warmup" if warming_up else "routed")
     phase = Phase("+".join(parts) or "dense", start, end, phase_routing, plan)
     if phases and phases[-1].key == phase.key:

@@ -28,6 +28,7 @@ from skipvit_jax.augment.batch import DeviceAugmentation
 from skipvit_jax.data import pipeline
 from skipvit_jax.models import flops, pretrained
 from skipvit_jax.models.routing import RoutingConfig
+from skipvit_jax.models.tome import ToMeConfig
 from skipvit_jax.models.vit import DTYPES, ViT
 from skipvit_jax.train import optim
 from skipvit_jax.train import phases as phases_lib
@@ -35,7 +36,10 @@ from skipvit_jax.train import step as step_lib
 
 # Config fields added after workdirs were first written, with the value every earlier run had:
 # a config.json without them describes the same run (the model it builds, the run it resumes).
-ADDED_FIELDS = {"model.stem": "patch", "model.gelu": "tanh", "data.augment_on": "host"}
+ADDED_FIELDS = {"model.stem": "patch", "model.gelu": "tanh", "data.augment_on": "host",
+                "tome.r": 0, "tome.inflection": 0.0, "tome.start_layer": 1,
+                "tome.proportional_attention": True, "tome.merge_at_eval": True,
+                "patch_dropout.keep_rate": 1.0}
 # config.data.augment_on: where flip, RandAugment, normalisation and erasing run. "device": in
 # the compiled step (augment/batch.py), the host only decoding and cropping; "host": all of it
 # per example on the host (data/pipeline.py).
@@ -43,10 +47,13 @@ AUGMENT_ON = ("host", "device")
 
 
 def config_value(config: ml_collections.ConfigDict, field: str) -> Any:
-  """config.<field> (dotted), or its ADDED_FIELDS value where a config predates the field."""
+  """config.<field> (dotted), or its ADDED_FIELDS value where a config predates the field (or
+  its whole group)."""
   node = config
   *parents, leaf = field.split(".")
   for name in parents:
+    if name not in node and field in ADDED_FIELDS:
+      return ADDED_FIELDS[field]
     node = node[name]
   if leaf not in node and field in ADDED_FIELDS:
     return ADDED_FIELDS[field]
@@ -72,14 +79,22 @@ def resolve_gelu(config: ml_collections.ConfigDict) -> str:
   return recorded or ADDED_FIELDS["model.gelu"]
 
 
+def tome_config(config: ml_collections.ConfigDict) -> ToMeConfig:
+  """config.tome as a ToMeConfig (which validates itself); r 0 merges nothing."""
+  return ToMeConfig(**{field: config_value(config, f"tome.{field}") for field in (
+      "r", "inflection", "start_layer", "proportional_attention", "merge_at_eval")})
+
+
 def routing_config(config: ml_collections.ConfigDict) -> RoutingConfig:
-  """config.routing as a RoutingConfig (which validates itself); return_layer 0 means none."""
+  """config.routing, config.tome and config.patch_dropout as a RoutingConfig (which validates
+  itself); return_layer 0 means none."""
   r = config.routing
   return RoutingConfig(
       drop_layers=tuple(r.drop_layers), drop_ratios=tuple(r.drop_ratios),
       return_layer=r.return_layer if r.return_layer else None, mode=r.mode,
       drop_point=r.drop_point, ratio_of=r.ratio_of, fuse_normalize=r.fuse_normalize,
-      score=r.score,
+      score=r.score, tome=tome_config(config),
+      patch_keep_rate=config_value(config, "patch_dropout.keep_rate"),
   )
 
 

@@ -4,10 +4,10 @@ anything compiles. A bad value raises ConfigError naming the field (`config.<fie
 
 `check_config` runs everything that needs neither the dataset nor a compiler: value ranges and
 string choices, the model (variant, image size, routing against the depth and the patch count,
-ToE against the routing), batch divisibility over the devices and, where the training set's
-size is known from the config (the synthetic data, Fashion-MNIST), the run length against the
-drop warm-up and the ToE schedule. `check_run_length` repeats the last part once a TFDS
-dataset is opened and its size known.
+ToMe and PatchDropout and what they combine with, ToE against the routing), batch
+divisibility over the devices and, where the training set's size is known from the config (the
+synthetic data, Fashion-MNIST), the run length against the drop warm-up and the ToE schedule.
+`check_run_length` repeats the last part once a TFDS dataset is opened and its size known.
 
 Validation builds nothing of its own: where a check is that a part of the run builds (the model,
 its routing, each phase's token layout), it calls plan.py's builder and turns the builder's
@@ -28,7 +28,7 @@ import ml_collections
 from skipvit_jax.augment import policy
 from skipvit_jax.data import fashion_mnist, pipeline
 from skipvit_jax.data.synthetic import IMAGE_SIZE_RANGE
-from skipvit_jax.models import attention
+from skipvit_jax.models import attention, routing
 from skipvit_jax.models.routing import DROP_POINTS, MODES, RATIO_BASES, SCORES
 from skipvit_jax.models.variants import conv_stem_channels, decode_variant
 from skipvit_jax.models.vit import DTYPES, GELUS, STEMS
@@ -123,8 +123,54 @@ def _check_routing(config: ml_collections.ConfigDict) -> None:
   _choice(config, "routing.ratio_of", RATIO_BASES)
   _choice(config, "routing.score", SCORES)
   _flag(config, "routing.fuse_normalize")
+  _check_reducers(config)
   with _naming(suffix=" (config.routing)"):
     plan.routing_config(config)
+
+
+def _check_reducers(config: ml_collections.ConfigDict) -> None:
+  """config.tome (ToMe) and config.patch_dropout (PatchDropout): their values, and that what
+  they are combined with supports them (docs/method.md §6.6, §7)."""
+  _number(config, "tome.r", low=0, integer=True)
+  _number(config, "tome.inflection", low=-1, high=1)
+  _number(config, "tome.start_layer", low=1, integer=True)
+  _flag(config, "tome.proportional_attention")
+  _flag(config, "tome.merge_at_eval")
+  _number(config, "patch_dropout.keep_rate", low=0, high=1, low_open=True)
+  _flag(config, "toe.enabled")
+  merges = _get(config, "tome.r") > 0
+  keep_rate = _get(config, "patch_dropout.keep_rate")
+  if merges and tuple(config.routing.drop_layers):
+    raise ConfigError(
+        f"config.tome.r: ToMe's merging does not combine with SkipViT's drop layers "
+        f"(config.routing.drop_layers={tuple(config.routing.drop_layers)}); set "
+        f"config.tome.r=0 or config.routing.drop_layers=(), got r={_get(config, 'tome.r')}")
+  if config.toe.enabled and (merges or keep_rate < 1):
+    reducer = ("ToMe (config.tome.r > 0)" if merges
+               else "PatchDropout (config.patch_dropout.keep_rate < 1)")
+    raise ConfigError(f"config.toe.enabled: ToE does not combine with {reducer}; must be False "
+                      "with it, or turn that reducer off")
+  if (merges and _get(config, "tome.proportional_attention")
+      and config.model.attention not in attention.BIAS_IMPLEMENTATIONS):
+    raise ConfigError(
+        f"config.model.attention: ToMe's proportional attention (config.tome."
+        f"proportional_attention=True) adds a logit bias, which {config.model.attention!r} "
+        f"does not take; must be one of {attention.BIAS_IMPLEMENTATIONS}, or set "
+        "config.tome.proportional_attention=False")
+
+
+def _check_reducer_sizes(config: ml_collections.ConfigDict, depth: int, num_patches: int) -> None:
+  """ToMe's first merging layer is in the model; PatchDropout keeps at least one patch."""
+  start = _get(config, "tome.start_layer")
+  if _get(config, "tome.r") > 0 and start > depth:
+    raise ConfigError(f"config.tome.start_layer: must be in 1..{depth} ({config.model.variant} "
+                      f"has {depth} layers), got {start}")
+  keep_rate = _get(config, "patch_dropout.keep_rate")
+  try:
+    routing.patch_dropout_count(num_patches, keep_rate)
+  except ValueError:
+    raise ConfigError(f"config.patch_dropout.keep_rate: keeps none of the {num_patches} patches; "
+                      f"must be in [1 / {num_patches}, 1], got {keep_rate}") from None
 
 
 def _check_toe(config: ml_collections.ConfigDict, num_patches: int) -> None:
@@ -164,6 +210,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   if _get(config, "model.stem") == "conv":
     with _naming("config.model.", f" ({config.model.variant}), or 'patch'"):
       conv_stem_channels(dims.width, dims.patch_size)
+  _check_reducer_sizes(config, dims.depth, (config.data.image_size // dims.patch_size) ** 2)
   with _naming(suffix=" (config.routing)"):
     model = plan.build_model(config, num_classes=2)  # plans the routing for depth and patches
   _check_toe(config, model.num_patches)
@@ -277,7 +324,7 @@ def check_run_length(config: ml_collections.ConfigDict, num_train: int) -> None:
   model = plan.build_model(config, num_classes=2)
   total = plan.total_train_steps(config, steps_per_epoch)
   warmup_steps = plan.drop_warmup_steps(config, steps_per_epoch)
-  if model.routing.routes and warmup_steps >= total:
+  if model.routing.reduces and warmup_steps >= total:
     raise ConfigError(
         f"config.drop_warmup_epochs: the run trains {total} steps and the drop warm-up lasts "
         f"{warmup_steps} ({config.drop_warmup_epochs:g} epochs of {steps_per_epoch} steps), so "
