@@ -19,7 +19,11 @@ MFU, memory, and timm's ViT-S/16 as a peer, written as JSON and as Markdown for 
 4. The device augmentation (benchmarks/device_augment.py): DeiT's flip, RandAugment,
    normalisation and erasing on the step's uint8 crops, inside the dense step, as a function
    before it, and alone.
-5. A verdict on the performance targets and which attention implementation measured fastest
+5. The other token reducers in the same step, with the "auto" attention a run would use:
+   6-55-11 beside ToMe (`tome7`: r = 7 per layer; its proportional attention needs a logit
+   bias, so its layers after the first merge run "xla") and PatchDropout (`pd80`: 80% of the
+   patches kept), the r and keep rate whose FLOP-ideal speedup is closest to 6-55-11's.
+6. A verdict on the performance targets and which attention implementation measured fastest
    (the choice "auto" is to follow on NVIDIA GPUs).
 
 Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md (without --out_dir, OUT_DIR is a
@@ -57,6 +61,9 @@ from skipvit_jax.models import attention
 
 CONFIGS = "dense,6-55-11,6-45-fused,4.7-30.30-11,toe1,toe2,toe1+6-55-11"
 ATTENTIONS = "xla,cudnn,pallas"
+# Section 5: the token reducers, each against the dense step, with the attention "auto" picks.
+REDUCER_CONFIGS = "6-55-11,tome7,pd80"
+REDUCER_ATTENTION = "auto"
 # Performance targets: dense MFU, routed speedup, ToE's realised share of its ideal gain.
 DENSE_MFU_TARGET = 0.35
 SPEEDUP_TARGETS = {"6-55-11": 1.24}
@@ -68,11 +75,13 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 # Full size (a GPU) and --smoke (a CPU, seconds to a minute).
 _FULL = dict(variant="S/16", image_size=224, num_classes=1000, batch_size=256, steps=20,
              rounds=4, warmup=2, matmul_sizes="4096,8192", configs=CONFIGS,
-             attention=ATTENTIONS, check_shape=(4, 197, 6, 64), check_keep=89)
-# A CPU compiles each training step for about 15 s: the smoke run compiles four.
+             attention=ATTENTIONS, reducer_configs=REDUCER_CONFIGS,
+             check_shape=(4, 197, 6, 64), check_keep=89)
+# A CPU compiles each training step for about 15 s: the smoke run compiles four, and three
+# for the reducers (dense, ToMe, PatchDropout).
 _SMOKE = dict(variant="Te/4", image_size=32, num_classes=10, batch_size=4, steps=2, rounds=1,
               warmup=1, matmul_sizes="128", configs="dense,6-55-11", attention="cudnn,pallas",
-              check_shape=(2, 33, 2, 16), check_keep=8)
+              reducer_configs="tome2,pd80", check_shape=(2, 33, 2, 16), check_keep=8)
 
 
 def environment(smoke: bool) -> dict:
@@ -322,6 +331,20 @@ def markdown(report: dict) -> str:
       f"{augment['share_before_step']:.1%} as a function before it, "
       f"{augment['share_alone']:.1%} alone.",
   ]
+  reducers = report["reducers"]
+  lines += [
+      "", f"### Token reducers: attention {REDUCER_ATTENTION}, {reducers['variant']} "
+      f"{reducers['image_size']} px, {reducers['dtype']}, global batch {reducers['batch_size']}",
+      "", "Speedups against the dense step with the same attention choice.", "",
+      "| config | attention runs as | img/s | ms/step | step memory MiB | speedup | FLOP-ideal "
+      "| realised |", "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in reducers["results"]:
+    lines.append(
+        f"| {r['config']} | {r['attention_runs_as']} | {r['images_per_sec']:.1f} | "
+        f"{r['step_ms_median']:.1f} | {_number(r['step_memory_mib'], '.0f')} | "
+        f"{r['measured_speedup']:.3f}x | {r['ideal_speedup']:.3f}x | "
+        f"{_number(r['realised_fraction_of_ideal_gain'], '.0%')} |")
   peer = report["timm"]
   lines += ["", "### Peer: timm", ""]
   if peer["ran"]:
@@ -355,6 +378,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="toy sizes on any backend: the same code in under a minute on a CPU")
   parser.add_argument("--attention", help=f"implementations to time (default {ATTENTIONS})")
   parser.add_argument("--configs", help=f"training-step configurations (default {CONFIGS})")
+  parser.add_argument("--reducer_configs",
+                      help=f"token-reducer configurations, timed with attention "
+                           f"{REDUCER_ATTENTION} (default {REDUCER_CONFIGS})")
   parser.add_argument("--batch_size", type=int, help="global batch (default 256)")
   parser.add_argument("--no_timm", action="store_true", help="skip the timm peer")
   args = parser.parse_args(argv)
@@ -387,6 +413,16 @@ def main(argv=None) -> dict:
       f"--matmul_sizes={args.matmul_sizes}",
   ]))
   runtime["train_step"] = time.perf_counter() - clock
+
+  clock = time.perf_counter()
+  report["reducers"] = train_step.run(train_step.parse_args([
+      f"--variant={args.variant}", f"--image_size={args.image_size}",
+      f"--num_classes={args.num_classes}", f"--batch_size={args.batch_size}",
+      "--dtype=bfloat16", f"--attention={REDUCER_ATTENTION}",
+      f"--configs={args.reducer_configs}", f"--steps={args.steps}", f"--rounds={args.rounds}",
+      f"--warmup={args.warmup}", f"--matmul_sizes={args.matmul_sizes}",
+  ]))
+  runtime["reducers"] = time.perf_counter() - clock
 
   clock = time.perf_counter()
   report["device_augment"] = device_augment.run(device_augment.parse_args([

@@ -4,6 +4,7 @@
   python -m benchmarks.train_step --variant=Te/4 --image_size=32 --batch_size=8 --steps=3 \
       --configs=dense,6-55-11                           # a seconds-long smoke run
   python -m benchmarks.train_step --attention=xla,cudnn,pallas --configs=dense,6-55-11
+  python -m benchmarks.train_step --attention=auto --configs=6-55-11,tome7,pd80,pd80+6-55-11
 
 Runs the trainer's own step (skipvit_jax.train.step: forward, backward, pmean, AdamW update,
 pmap'd over the local devices) on synthetic batches already on the devices, so the input
@@ -13,9 +14,14 @@ images/s (median over the timed steps), the step's device memory (XLA's memory a
 compiled step: arguments + outputs + temporaries), achieved FLOP/s and MFU against a peak
 measured in the same run (the fastest of a few square matmuls), the measured speedup over the
 dense step, the FLOP-ideal speedup and the realised fraction of the ideal gain
-((measured - 1) / (ideal - 1)). With several attention implementations (--attention, a comma
-list) every configuration runs with each, speedups against the dense step of the same
-implementation, and each result names what really ran (a fallback included). Steps are traced
+((measured - 1) / (ideal - 1)). Besides the SkipViT rows and ToE stages, `tome<r>` merges r
+tokens per layer with ToMe (proportional attention: implementations that take a logit bias
+only, see skipvit_jax/models/attention.py) and `pd<percent>` keeps that percentage of the patch
+tokens at the input (PatchDropout), alone or before a row (`pd80+6-55-11`); ViT-S/16's
+`tome7` and `pd80` are the r and keep rate whose FLOP-ideal speedup is closest to 6-55-11's.
+With several attention implementations (--attention, a comma list) every configuration runs
+with each, speedups against the dense step of the same implementation, and each result names
+what really ran (a fallback included). Steps are traced
 one after another, then compiled in parallel threads (XLA compiles outside Python's lock), which
 on a many-core GPU host cuts the start-up severalfold.
 Prints a table (stderr) and one JSON object (stdout, or --json_out). --profile_dir adds a
@@ -48,6 +54,7 @@ import optax
 from benchmarks import timing
 from skipvit_jax.models import attention, flops, toe
 from skipvit_jax.models.routing import PAPER_ROWS, RoutingConfig
+from skipvit_jax.models.tome import ToMeConfig
 from skipvit_jax.models.variants import decode_variant
 from skipvit_jax.models.vit import DTYPES, STEMS, ViT
 from skipvit_jax.runtime import parallel
@@ -56,7 +63,7 @@ from skipvit_jax.train import step as step_lib
 # ToE's DeiT-S schedule (r0 0.25, rates 0.5 / 0.75 / 1.0, 2 sub-steps); stage 3 is dense.
 TOE_DEIT_S = dict(expansion_epochs=(0, 1, 2), keep_rates=(0.5, 0.75, 1.0), init_rate=0.25,
                   substeps=2)
-DEFAULT_CONFIGS = ("dense",) + PAPER_ROWS + ("toe1", "toe2", "toe1+6-55-11")
+DEFAULT_CONFIGS = ("dense",) + PAPER_ROWS + ("toe1", "toe2", "toe1+6-55-11", "tome7", "pd80")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +75,32 @@ class BenchConfig:
 
 
 def parse_config(name: str, attention: str = "xla") -> BenchConfig:
-  """'dense', a paper row ('6-55-11', '6-45-fused'), 'toe1'/'toe2', or 'toe<k>+<row>'."""
-  toe_stage, row = 0, name
+  """'dense', a paper row ('6-55-11', '6-45-fused'), 'toe1'/'toe2', 'toe<k>+<row>', 'tome<r>'
+  (ToMe, r per layer), 'pd<percent>' or 'pd<percent>+<row>' (PatchDropout's kept percentage)."""
+  if name.startswith("tome"):
+    return BenchConfig(name, RoutingConfig(tome=ToMeConfig(r=int(name[4:]))), 0, attention)
+  toe_stage, keep_rate, row = 0, 1.0, name
   if name.startswith("toe"):
     stage, _, row = name[3:].partition("+")
     toe_stage = int(stage)
+  elif name.startswith("pd"):
+    percent, _, row = name[2:].partition("+")
+    keep_rate = int(percent) / 100
   routing = RoutingConfig() if row in ("dense", "") else RoutingConfig.from_paper_row(row)
+  routing = dataclasses.replace(routing, patch_keep_rate=keep_rate)
   return BenchConfig(name, routing, toe_stage, attention)
+
+
+def attention_runs_as(bench: BenchConfig, args) -> str:
+  """What the configuration's attention runs as; with ToMe's proportional attention, the
+  layers after the first merge take a logit bias, which can change what "auto" picks."""
+  kwargs = dict(dtype=DTYPES[args.dtype], head_dim=decode_variant(args.variant).head_dim)
+  plain = attention.runs_as(bench.attention, **kwargs)
+  tome = bench.routing.tome
+  if not (tome.merges and tome.proportional_attention):
+    return plain
+  biased = attention.runs_as(bench.attention, with_bias=True, **kwargs)
+  return biased if biased == plain else f"{biased} ({plain} up to the first merge)"
 
 
 def build_step(bench: BenchConfig, args, optimizer):
@@ -208,7 +234,6 @@ def run(args) -> dict:
       profiles[k] = profile_summary(trace_dir, args.profile_steps)
 
   flop_args = dict(image_size=args.image_size, num_classes=args.num_classes, stem=args.stem)
-  head_dim = decode_variant(args.variant).head_dim
   dense_rates = {}
   results = []
   for bench in configs:
@@ -224,9 +249,8 @@ def run(args) -> dict:
     results.append({
         "config": bench.name,
         "attention": bench.attention,
-        "attention_runs_as": attention.runs_as(bench.attention, dtype=DTYPES[args.dtype],
-                                               head_dim=head_dim),
-        "tokens_per_layer": [a for a, _ in (model.routing_plan.tokens_per_layer())],
+        "attention_runs_as": attention_runs_as(bench, args),
+        "tokens_per_layer": [a for a, _ in (model.token_plan(train=True).tokens_per_layer())],
         "toe_tokens": 1 + model.toe.num_selected if model.toe else None,
         "images_per_sec": rate,
         "step_ms_median": seconds * 1e3,
