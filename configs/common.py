@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Train with all tokens this long before routing (drop layers, ToMe and PatchDropout alike).
   config.drop_warmup_epochs = 0.0  # epochs on all tokens first
 
-  # ToMe token merging (skipvit_jax/models/tome.py, docs/method.md §6): after each layer's
+  # ToMe token merging (skipvit_jax/models/tome.py, docs/method.md §8): after each layer's
   # attention, r tokens are averaged into their most similar ones. Not with drop layers or ToE.
   config.tome = ml_collections.ConfigDict()
   config.tome.r = 0  # tokens merged per layer (0 = off), capped at half of those present
@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.tome.proportional_attention = True  # add log(token size) to every key's logits
   config.tome.merge_at_eval = True  # evaluate with the same merging (the paper); False: all
 
-  # PatchDropout (docs/method.md §7): in training only, a uniformly random subset of the patch
+  # PatchDropout (docs/method.md §9): in training only, a uniformly random subset of the patch
   # tokens enters layer 1 (drop layers then work within it). Not with ToE.
   config.patch_dropout = ml_collections.ConfigDict()
   config.patch_dropout.keep_rate = 1.0  # fraction of patch tokens kept (1.0 = off)

@@ -18,13 +18,15 @@ subset of the same size (the control). `tome_r=<int>` merges that many tokens pe
 ToMe (config.tome: proportional attention, the same merging at evaluation) from layer
 `tome_start` (default 1), and `patch_keep=<float>` keeps that fraction of the patch tokens at
 the input in training (PatchDropout, config.patch_dropout); both start after the same drop
-warm-up as a row (`warmup`). On the 5.5-epoch recipe, `tome_r=2,tome_start=2` (2 tokens in
-each of layers 2-12) and `patch_keep=0.82` (40 of 49 patches) are the settings whose
-FLOP-ideal whole-run speedup comes closest to `row=6-55-11`'s (`tome_r=2` from layer 1
-overshoots it, `tome_r=1` falls short; docs/method.md §8 has the command). `patch_keep`
-combines with a row, `tome_r` does not. `:long` is the longer recipe: width 40 (Tw/4) with a
-convolutional stem (config.model.stem), batch 64, 12 epochs; it combines with the others
-(`:long,row=6-55-11`).
+warm-up as a row (`warmup`). Matched to `row=6-55-11`'s FLOP-ideal whole-run speedup on the
+5.5-epoch recipe (docs/method.md §10 has the command): `patch_keep=0.82` (40 of 49 patches)
+is the closest keep rate; ToMe's constant r is coarse on 50 tokens (from layer 1, r=2
+overshoots and r=1 falls short), and `tome_r=2,tome_start=2` (2 tokens in each of layers
+2-12), the closest r when merging starts one layer later, is the nearest to the paper's
+placement that comes close. `patch_keep` combines with a row, `tome_r` does not.
+
+`:long` is the longer recipe: width 40 (Tw/4) with a convolutional stem (config.model.stem),
+batch 64, 12 epochs; it combines with the others (`:long,row=6-55-11`).
 
 Both recipes are sized for 15 minutes of a 2-core CPU: the 5.5-epoch one (the reproduction's)
 leaves room for a slow machine, and `:long` fills the budget with a wider model, twice the

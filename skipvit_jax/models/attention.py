@@ -35,7 +35,7 @@ over the tokens it has. The kernel's gather-by-index mode is benchmarked on its 
 All give the same routing decisions in float32 (tests/test_attention.py).
 
 A logit bias per key (`key_bias`, ToMe's proportional attention: log of each token's size,
-docs/method.md §6) is taken by "xla" and "dot_product_attention"; "auto" resolves to "xla"
+docs/method.md §8) is taken by "xla" and "dot_product_attention"; "auto" resolves to "xla"
 when there is one. "cudnn" and the Pallas kernel take none (BIAS_IMPLEMENTATIONS lists those
 that do; config validation rejects the others before anything compiles).
 """

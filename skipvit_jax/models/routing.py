@@ -10,7 +10,7 @@ paper) of every token reduction a phase of training can switch on or off: SkipVi
 layers, ToMe's merging (`skipvit_jax/models/tome.py`) and PatchDropout at the input.
 `RoutingConfig.plan` validates it against a model and turns it into the static token counts
 the model and the FLOP model use. The semantics are specified in `docs/method.md` §2 (§5 for
-drop layers after ToE, §6 for ToMe, §7 for PatchDropout).
+drop layers after ToE, §8 for ToMe, §9 for PatchDropout).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ sizes add. [CLS] is never merged. Later layers add log(size) to every key's atte
 The sequence after a merge is ToMe's: [CLS], the unmerged A tokens in their order, then every
 B token in its order (`merge_wavg`). r per layer is a Python int decided on the host
 (`merge_schedule`), so every shape is static. The behaviour, ties and where it departs from
-facebookresearch/ToMe are specified in `docs/method.md` §6.
+facebookresearch/ToMe are specified in `docs/method.md` §8.
 """
 
 from __future__ import annotations

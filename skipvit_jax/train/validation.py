@@ -130,7 +130,7 @@ def _check_routing(config: ml_collections.ConfigDict) -> None:
 
 def _check_reducers(config: ml_collections.ConfigDict) -> None:
   """config.tome (ToMe) and config.patch_dropout (PatchDropout): their values, and that what
-  they are combined with supports them (docs/method.md §6.6, §7)."""
+  they are combined with supports them (docs/method.md §8.5, §9)."""
   _number(config, "tome.r", low=0, integer=True)
   _number(config, "tome.inflection", low=-1, high=1)
   _number(config, "tome.start_layer", low=1, integer=True)
