@@ -14,7 +14,9 @@ A mistake in the command line or the config (a config file that does not exist, 
 a field the config does not have, a value that does not parse, a workdir that cannot be created,
 a value validation rejects), or a workdir another run holds (skipvit_jax/runtime/workdir_lock.py),
 ends the process before any data is generated or anything compiles, with one line on stderr:
-`error: ` and what to change. Anything else that fails shows its traceback.
+`error: ` and what to change. A checkpoint that cannot be written (a full disk, a read-only
+directory) ends it the same way, naming the step, the reason and the intact checkpoint a rerun
+resumes from. Anything else that fails shows its traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from skipvit_jax.runtime import host_memory, workdir_lock
-from skipvit_jax.train import loop, stopping, validation
+from skipvit_jax.train import checkpointing, loop, stopping, validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                           lock_config=True)
@@ -129,7 +131,8 @@ def main(argv: list[str]) -> None:
                  "the loader threads (skipvit_jax/runtime/host_memory.py)")
   try:
     result = loop.train_and_evaluate(_CONFIG.value, workdir)
-  except (validation.ConfigError, workdir_lock.WorkdirInUse) as e:
+  except (validation.ConfigError, workdir_lock.WorkdirInUse,
+          checkpointing.CheckpointWriteError) as e:
     _fail(str(e))
   if result.preempted:  # SIGTERM: checkpointed; the same command resumes
     sys.exit(stopping.EXIT_PREEMPTED)

@@ -2,6 +2,7 @@
 SIGKILL at a step, during an evaluation and during a checkpoint write; damaged checkpoints; a
 changed config on resume; a non-finite loss; and the log a run prints."""
 
+import errno
 import json
 import os
 import signal
@@ -168,6 +169,39 @@ def test_a_second_trainer_on_a_held_workdir_stops_before_reading_data(data_dir, 
   assert first.returncode == stopping.EXIT_PREEMPTED, first_log[-2000:]
   assert "on SIGTERM; rerun to resume" in first_log
   assert lock.read_text() == ""  # the first released it on its way out
+
+
+# --------------------------------------------------------------------------------------------
+# A checkpoint that cannot be written (a full disk on a real filesystem: test_checkpoint_writes.py).
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_stops_the_run_and_the_rerun_ends_bitwise_equal(
+    data_dir, reference, tmp_path, monkeypatch):
+  write = checkpointing.ocp.CheckpointManager.save
+
+  def failing_at_4(self, step, *args, **kwargs):  # the error orbax's writer meets at step 4
+    if step == 4:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", failing_at_4)
+  every_2 = {"eval_every_epochs": 1.0, "checkpoint_every_steps": 2}
+  with pytest.raises(checkpointing.CheckpointWriteError) as failed:
+    loop.train_and_evaluate(tiny_config(data_dir, **every_2), str(tmp_path))
+  assert str(failed.value) == (
+      f"could not write the checkpoint at step 4 in {tmp_path}/checkpoints: no space left on "
+      "device. The "
+      "checkpoint at step 2 is intact: once that is fixed, rerunning the same command resumes "
+      "from it.")
+  # It stopped at once: at the step after the failed write, or at the next save at the latest.
+  assert max(r["step"] for r in read_metrics(tmp_path) if "train/loss" in r) <= 6
+  assert (tmp_path / "run.lock").read_text() == ""  # released on the way out
+
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", write)
+  resumed = loop.train_and_evaluate(tiny_config(data_dir, **every_2), str(tmp_path))
+  assert resumed.step == 8
+  assert_bitwise_equal(pretrained._flatten(resumed.params), reference)
 
 
 # --------------------------------------------------------------------------------------------

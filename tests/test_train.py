@@ -118,12 +118,16 @@ def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_rerun_at_stop_after_step_trains_nothing(data_dir, tmp_path):
+def test_a_rerun_at_stop_after_step_trains_nothing(data_dir, tmp_path, caplog):
   config = tiny_config(data_dir, eval_every_epochs=10.0, stop_after_step=3)
   assert loop.train_and_evaluate(config, str(tmp_path)).step == 3
   steps_logged = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
-  again = loop.train_and_evaluate(config, str(tmp_path))
+  with caplog.at_level("INFO"):
+    again = loop.train_and_evaluate(config, str(tmp_path))
   assert again.step == 3 and not again.preempted
+  assert ("stopping at step 3 as config.stop_after_step asks; to go on, rerun with a later "
+          "config.stop_after_step (-1: to the end)") in caplog.text
+  assert "compiled the train step" not in caplog.text
   assert Checkpoints(str(tmp_path), keep=3).latest_step() == 3
   assert [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r] == steps_logged
   later = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=10.0,

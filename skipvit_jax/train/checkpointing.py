@@ -5,6 +5,12 @@ RNG and the data position are functions of (seed, step) (see loop.py), so the st
 them too. Writes are asynchronous and atomic (orbax writes a temporary directory and renames it
 when complete), so a process killed mid-write leaves the previous checkpoints intact.
 
+A write runs in this module's own background thread (orbax's synchronous writer within it), so
+its outcome is in hand: `check()`, which the trainer calls after every step, raises
+CheckpointWriteError as soon as a write has failed, naming the step, the reason in one line (no
+space left on device, permission denied, ...) and the last checkpoint that is intact, which a
+rerun resumes from. The failed write's partial directory is removed, giving back its space.
+
 Restoring takes the newest checkpoint that restores. A damaged one (a truncated or missing file)
 is set aside as `<step>.damaged` with a warning naming the step, and the one before is tried;
 when none restores, `CheckpointError` says so and how to start over. The log gets one line per
@@ -13,8 +19,14 @@ save and per restore: orbax's own INFO lines are filtered out (its warnings and 
 
 from __future__ import annotations
 
+import concurrent.futures
+import glob
 import logging as std_logging
 import os
+import re
+import shutil
+import sys
+import traceback
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -25,18 +37,72 @@ class CheckpointError(RuntimeError):
   """No checkpoint in the workdir can be restored."""
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written; the message says why and what is intact."""
+
+
+def failure_reason(error: BaseException) -> str:
+  """One line for why a write failed: the OS's words for the first errno found in the
+  exception's chain (tensorstore reports it as os_error_code='28' in its message), else the
+  first line of the innermost message."""
+  chain, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  for e in chain:
+    code = e.errno if isinstance(e, OSError) and e.errno else None
+    if code is None and (match := re.search(r"os_error_code='?(\d+)", str(e))):
+      code = int(match.group(1))
+    if code is not None:
+      return os.strerror(code).lower()
+  text = str(chain[-1]).strip()
+  return f"{type(chain[-1]).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
 class _QuietOrbax(std_logging.Filter):
-  """Drops INFO and DEBUG records logged from orbax's modules (tens of lines per save)."""
+  """Drops orbax's INFO and DEBUG records (tens of lines per save), and its records of an
+  exception in one of its threads: writes and restores run in this module's hands, which
+  report the same exception once (see the module docstring)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    return record.levelno >= std_logging.WARNING and not record.exc_info
+
+
+def _closed_loop_callback(error: BaseException | None) -> bool:
+  """Whether `error` is tensorstore calling back into the event loop of a write that already
+  failed: one such traceback per array still in flight, printed by the interpreter."""
+  frames = traceback.extract_tb(getattr(error, "__traceback__", None))
+  return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+          and all(f"{os.sep}asyncio{os.sep}" in frame.filename for frame in frames))
 
 
 def quiet_orbax_logs() -> None:
-  """Filters orbax's INFO lines out of absl's log (idempotent)."""
+  """Filters orbax's chatter out of absl's log, and the closed-loop callbacks of a failed
+  write out of the interpreter's error output (both of its hooks; idempotent)."""
   logger = logging.get_absl_logger()
   if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
     logger.addFilter(_QuietOrbax())
+  if not getattr(sys.excepthook, "skips_closed_loop_callbacks", False):
+    shown = sys.excepthook
+
+    def excepthook(kind, error, tb):
+      if not _closed_loop_callback(error):
+        shown(kind, error, tb)
+
+    excepthook.skips_closed_loop_callbacks = True
+    sys.excepthook = excepthook
+  if not getattr(sys.unraisablehook, "skips_closed_loop_callbacks", False):
+    reported = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+      if not _closed_loop_callback(unraisable.exc_value):
+        reported(unraisable)
+
+    unraisablehook.skips_closed_loop_callbacks = True
+    sys.unraisablehook = unraisablehook
 
 
 class Checkpoints:
@@ -48,15 +114,24 @@ class Checkpoints:
     quiet_orbax_logs()
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+    self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+    self._writing: tuple[int, concurrent.futures.Future] | None = None  # (step, its write)
 
   def __enter__(self) -> "Checkpoints":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, exc, traceback) -> None:
+    try:
+      self.close()
+    except CheckpointWriteError as error:
+      if exc is None:
+        raise
+      logging.error("%s", error)  # the run is already stopping with another error
 
   def latest_step(self) -> int | None:
+    self.wait()
     return self._manager.latest_step()
 
   def restore_latest(self, like: Any) -> Any | None:
@@ -97,13 +172,45 @@ class Checkpoints:
     return target
 
   def save(self, step: int, state: Any) -> None:
-    """Starts an asynchronous write; a later save, wait() or close() waits for it."""
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    """Starts writing `state` (host arrays, not to be changed until the write ends) in the
+    background, after the write before it; raises CheckpointWriteError if that one failed."""
+    self.wait()
+    self._writing = (step, self._writer.submit(
+        self._manager.save, step, args=ocp.args.StandardSave(state), force=True))
     logging.info("saving the checkpoint at step %d", step)
 
+  def check(self) -> None:
+    """Raises CheckpointWriteError if the last write has ended in failure; never waits."""
+    if self._writing is not None and self._writing[1].done():
+      self.wait()
+
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the last write; raises CheckpointWriteError if it failed."""
+    if self._writing is None:
+      return
+    (step, write), self._writing = self._writing, None
+    error = write.exception()
+    if error is not None:
+      raise self._write_failed(step, error) from error
+
+  def _write_failed(self, step: int, error: BaseException) -> CheckpointWriteError:
+    for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+      shutil.rmtree(partial, ignore_errors=True)  # its space back; a read-only one stays
+    self._manager.reload()
+    intact = [s for s in self._manager.all_steps() if s != step]
+    if intact:
+      resume = (f"The checkpoint at step {max(intact)} is intact: once that is fixed, rerunning "
+                f"the same command resumes from it.")
+    else:
+      resume = "No earlier checkpoint exists: once that is fixed, rerunning starts over."
+    logging.vlog(1, "the failed write: %s", "".join(traceback.format_exception(error)))
+    return CheckpointWriteError(f"could not write the checkpoint at step {step} in "
+                                f"{self.directory}: {failure_reason(error)}. {resume}")
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the last write (raising CheckpointWriteError if it failed) and closes."""
+    try:
+      self.wait()
+    finally:
+      self._writer.shutdown()
+      self._manager.close()

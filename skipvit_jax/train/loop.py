@@ -13,8 +13,10 @@ restoring the step from a checkpoint restores the RNG and the data position with
 
 Nothing is lost but the steps since the last checkpoint: SIGTERM checkpoints the last completed
 step and returns with `preempted` set (main.py then exits with stopping.EXIT_PREEMPTED); a kill
-leaves the previous checkpoints intact (checkpointing.py); a non-finite loss stops the run with
-the last finite state checkpointed. Rerunning the same command resumes.
+leaves the previous checkpoints intact (checkpointing.py); a checkpoint that cannot be written
+(a full disk) stops the run at the next step with CheckpointWriteError, naming the intact one;
+a non-finite loss stops the run with the last finite state checkpointed. Rerunning the same
+command resumes. The workdir is locked for the run (runtime/workdir_lock.py).
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         state, metrics = step_fn(state, parallel.shard(next(batches)), applied)
         applied, step = metrics["finite"], step + 1
         faults.at("step", step)
+        checkpoints.check()  # a failed write stops the run here, not at the next save
         progress.dispatched(step, metrics, compiled=compiles)
         due_eval = step % plan.eval_every_steps == 0 or step == plan.total_steps
         due_save = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
@@ -258,8 +261,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
 
     preempted = stop.requested and (step < plan.total_steps or eval_missing)
     if step < plan.total_steps or preempted:
-      logging.info("stopping at step %d %s; rerun to resume", step,
-                   "on SIGTERM" if preempted else "as config.stop_after_step asks")
+      if preempted:
+        logging.info("stopping at step %d on SIGTERM; rerun to resume", step)
+      else:  # the same command would stop here again
+        logging.info("stopping at step %d as config.stop_after_step asks; to go on, rerun with "
+                     "a later config.stop_after_step (-1: to the end)", step)
     final = {"train/finished": 1.0} if step == plan.total_steps and not preempted else {}
     if meter.steady_rate is not None:
       final["train/steady_images_per_sec"] = meter.steady_rate
