@@ -83,7 +83,7 @@ class DirectoryLock:
       flocked = self._flock(fd)
       previous = self._read(fd)
       if flocked is False or (previous is not None and self._live(previous, flocked)):
-        raise WorkdirInUse(self._in_use_message(previous, flocked))
+        raise WorkdirInUse(self._in_use_message(previous))
       if previous is not None:
         logging.warning("%s: taking over the lock of %s, which ended without releasing it%s",
                         self.path, _describe(previous), self._staleness(previous))
@@ -141,7 +141,7 @@ class DirectoryLock:
     age = time.time() - float(record.get("heartbeat", 0.0))
     return f" (its last heartbeat is {age:.0f} s old, over {self._stale_s:.0f} s)"
 
-  def _in_use_message(self, record: dict[str, Any] | None, flocked: bool | None) -> str:
+  def _in_use_message(self, record: dict[str, Any] | None) -> str:
     holder = _describe(record) if record else "a process that has not written its record yet"
     message = f"{self.directory} is in use by {holder}. "
     if record and record.get("host") not in (None, socket.gethostname()):
