@@ -63,6 +63,29 @@ def test_ties_merge_the_lower_a_index_into_the_lower_b_index():
   np.testing.assert_array_equal(size, want_size[..., 0])
 
 
+def test_conventions_of_tome_merge_py_at_af95e4b():
+  """facebookresearch/ToMe tome/merge.py at af95e4b1befa172dadccd8c81e223b10090f9579: A is
+  `metric[..., ::2, :]`, B `metric[..., 1::2, :]`; `scores[..., 0, :] = -inf` protects [CLS];
+  `merge_wavg` sums `x * size` and `size` into the B token with `scatter_reduce` and divides;
+  the output is `cat([unm, dst])`."""
+  # Sequence [CLS], t1, t2, t3, t4: A = ([CLS], t2, t4), B = (t1, t3). t2 is t3's direction
+  # (cosine 1), t4 is far from both B tokens, [CLS] is t1's direction (but protected).
+  metric = np.array([[[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [-1, -1, 1]]], np.float32)
+  x = np.arange(15, dtype=np.float32).reshape(1, 5, 3)
+  size = np.array([[1, 1, 3, 1, 1]], np.float32)  # t2 already stands for 3 patches
+  m = _match(metric, 1)
+  np.testing.assert_array_equal(m.src_idx, [[1]])  # A index 1 = t2 (sequence position 2)
+  np.testing.assert_array_equal(m.dst_idx, [[1]])  # into B index 1 = t3 (position 3)
+  np.testing.assert_array_equal(m.unm_idx, [[0, 2]])  # [CLS], t4
+  out, new_size = tome.merge_wavg(jnp.asarray(x), jnp.asarray(size), m)
+  merged = (3 * x[0, 2] + 1 * x[0, 3]) / 4
+  np.testing.assert_allclose(out[0], np.stack([x[0, 0], x[0, 4], x[0, 1], merged]), rtol=1e-6)
+  np.testing.assert_array_equal(new_size, [[1, 1, 1, 4]])  # unm A, then every B token
+  want_x, want_size = tome_reference.tome_source_merge(metric, x, size[..., None], 1)
+  np.testing.assert_allclose(out, want_x, rtol=1e-6)  # float32 against float64
+  np.testing.assert_array_equal(new_size, want_size[..., 0])
+
+
 def test_cls_is_never_merged_even_when_it_is_the_best_match():
   metric = _random(2, 2, 11, 4)
   metric[:, 0] = metric[:, 1]  # [CLS] identical to B token 0: cosine 1, the best there is
