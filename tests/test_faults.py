@@ -306,6 +306,19 @@ def test_a_workdir_from_before_data_augment_on_resumes_on_the_host_path(data_dir
   assert resume.resume_differences(saved, on_device) == ["data.augment_on: 'host' -> 'device'"]
 
 
+def test_a_workdir_from_before_the_token_reducers_resumes_without_them(data_dir):
+  config = tiny_config(data_dir)
+  saved = json.loads(config.to_json())
+  del saved["tome"], saved["patch_dropout"]  # runs before the groups existed reduced neither way
+  assert resume.resume_differences(saved, config) == []
+  merging = tiny_config(data_dir, **{"routing.drop_layers": (), "routing.drop_ratios": (),
+                                     "routing.return_layer": 0, "tome.r": 2,
+                                     "patch_dropout.keep_rate": 0.5})
+  assert resume.resume_differences(saved, merging) == [
+      "patch_dropout.keep_rate: 1.0 -> 0.5", "routing.drop_layers: [6] -> []",
+      "routing.drop_ratios: [0.55] -> []", "routing.return_layer: 11 -> 0", "tome.r: 0 -> 2"]
+
+
 # --------------------------------------------------------------------------------------------
 # A non-finite loss.
 

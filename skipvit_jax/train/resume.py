@@ -18,8 +18,8 @@ from skipvit_jax.train.plan import ADDED_FIELDS
 from skipvit_jax.train.validation import ConfigError
 
 CONFIG_FILE = "config.json"
-RESUME_FIELDS = ("seed", "model", "routing", "drop_warmup_epochs", "toe", "data", "batch_size",
-                 "grad_accum_steps")
+RESUME_FIELDS = ("seed", "model", "routing", "drop_warmup_epochs", "toe", "tome",
+                 "patch_dropout", "data", "batch_size", "grad_accum_steps")
 RESUME_FREE = ("data.data_dir", "data.source_dir", "data.num_threads", "data.in_memory")
 
 
