@@ -58,6 +58,8 @@ def test_the_recipe_trains_and_resumes_bitwise(data_dir, tmp_path):
   assert stopped.step == 3
   resumed = loop.train_and_evaluate(small_config(data_dir), str(tmp_path / "resumed"))
   assert straight.step == resumed.step == 6
+  # Bitwise: the same compiled steps replay the same float32 operations on this machine (not
+  # the same values as another machine's run, which only has to equal its own resume).
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
   records = read_metrics(tmp_path / "resumed")

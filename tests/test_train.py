@@ -113,6 +113,8 @@ def test_resumed_run_ends_with_the_same_parameters(data_dir, tmp_path):
   assert straight.step == resumed.step == 8
   assert Checkpoints(str(tmp_path / "resumed"), keep=3).latest_step() == 8
   assert read_metrics(tmp_path / "resumed")[-1]["train/finished"] == 1
+  # Bitwise: the same compiled steps replay the same float32 operations on this machine (not
+  # the same values as another machine's run, which only has to equal its own resume).
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
 
@@ -151,6 +153,8 @@ def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):
   assert loop.train_and_evaluate(interrupted, str(tmp_path / "b")).step == 4
   resumed = loop.train_and_evaluate(tiny_config(data_dir, **recipe), str(tmp_path / "b"))
   assert straight.step == resumed.step == 6
+  # Bitwise: the same compiled steps replay the same float32 operations on this machine (not
+  # the same values as another machine's run, which only has to equal its own resume).
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
   records = read_metrics(tmp_path / "b")
