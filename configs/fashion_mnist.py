@@ -5,7 +5,8 @@ PatchDropout.
   python main.py --config configs/fashion_mnist.py --workdir /tmp/fashion_dense
   python main.py --config configs/fashion_mnist.py:row=6-55-11 --workdir /tmp/fashion_6_55_11
   python main.py --config configs/fashion_mnist.py:toe --workdir /tmp/fashion_toe
-  python main.py --config configs/fashion_mnist.py:tome_r=2,tome_start=2 --workdir /tmp/fashion_tome
+  python main.py --config configs/fashion_mnist.py:tome_r=3,tome_inflection=0.2,tome_start=3 \
+      --workdir /tmp/fashion_tome
   python main.py --config configs/fashion_mnist.py:patch_keep=0.82 --workdir /tmp/fashion_pd
   python main.py --config configs/fashion_mnist.py:long --workdir /tmp/fashion_long
 
@@ -16,14 +17,15 @@ warm-up; `row=dense` (the default) routes nothing. `:toe` adds ToE after layer 1
 compressed to the run. `:random` replaces the [CLS]-attention ranking of a row by a random
 subset of the same size (the control). `tome_r=<int>` merges that many tokens per layer with
 ToMe (config.tome: proportional attention, the same merging at evaluation) from layer
-`tome_start` (default 1), and `patch_keep=<float>` keeps that fraction of the patch tokens at
-the input in training (PatchDropout, config.patch_dropout); both start after the same drop
-warm-up as a row (`warmup`). Matched to `row=6-55-11`'s FLOP-ideal whole-run speedup on the
-5.5-epoch recipe (docs/method.md §10 has the command): `patch_keep=0.82` (40 of 49 patches)
-is the closest keep rate; ToMe's constant r is coarse on 50 tokens (from layer 1, r=2
-overshoots and r=1 falls short), and `tome_r=2,tome_start=2` (2 tokens in each of layers
-2-12), the closest r when merging starts one layer later, is the nearest to the paper's
-placement that comes close. `patch_keep` combines with a row, `tome_r` does not.
+`tome_start` (default 1), shaped by ToMe's `tome_inflection` (default 0: constant), and
+`patch_keep=<float>` keeps that fraction of the patch tokens at the input in training
+(PatchDropout, config.patch_dropout); both start after the same drop warm-up as a row
+(`warmup`). Matched to `row=6-55-11`'s FLOP-ideal whole-run speedup on the 5.5-epoch recipe
+(docs/method.md §10 has the command): `patch_keep=0.82` (40 of 49 patches) is the closest
+keep rate; ToMe's constant r is coarse on 50 tokens (from layer 1, r=2 overshoots and r=1
+falls short), and `tome_r=3,tome_inflection=0.2,tome_start=3` (2, 2, 2, 2, 2, 3, 3, 3, 3, 4
+tokens in layers 3-12) comes closest. configs/sweeps/race_fashion_mnist.py races them.
+`patch_keep` combines with a row, `tome_r` does not.
 
 `:long` is the longer recipe: width 40 (Tw/4) with a convolutional stem (config.model.stem),
 batch 64, 12 epochs; it combines with the others (`:long,row=6-55-11`).
@@ -43,7 +45,7 @@ from configs.sweeps import paper_row
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, row="dense", toe=False, random=False, warmup=1.0, long=False,
-                          tome_r=0, tome_start=1, patch_keep=1.0)
+                          tome_r=0, tome_start=1, tome_inflection=0.0, patch_keep=1.0)
   config = common.base_config()
   config.model.variant = "Te/4"  # width 32, 12 layers; 28 px / 4 = 49 patches
 
@@ -54,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.tome_r:
     config.tome.r = args.tome_r  # tokens merged per layer ...
     config.tome.start_layer = args.tome_start  # ... from this layer on
+    config.tome.inflection = args.tome_inflection  # 0: r in every layer; > 0: increasing
   if args.patch_keep < 1.0:
     config.patch_dropout.keep_rate = args.patch_keep  # patch tokens kept in training
   if args.row != "dense" or args.tome_r or args.patch_keep < 1.0:

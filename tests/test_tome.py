@@ -300,13 +300,14 @@ def test_r_for_a_speedup_is_the_closest_and_matches_6_55_11_on_fashion_mnist():
       image_size=28, num_classes=10)
   run = dict(image_size=28, num_classes=10, total_steps=total,
              warmup_steps=plan.drop_warmup_steps(config, per_epoch))
-  r, speedup = flops.tome_r_for_speedup(target, "Te/4", start_layer=2, **run)
-  every = [flops.run_speedup("Te/4", routing=RoutingConfig(tome=ToMeConfig(r=k, start_layer=2)),
-                             **run) for k in range(26)]
+  r, speedup = flops.tome_r_for_speedup(target, "Te/4", start_layer=3, inflection=0.2, **run)
+  every = [flops.run_speedup("Te/4", routing=RoutingConfig(
+      tome=ToMeConfig(r=k, start_layer=3, inflection=0.2)), **run) for k in range(26)]
   assert speedup == every[r] and abs(speedup - target) == min(abs(s - target) for s in every)
-  # configs/fashion_mnist.py's documented match.
-  matched = fashion_mnist.get_config("tome_r=2,tome_start=2")
-  assert (r, matched.tome.r, matched.tome.start_layer) == (2, 2, 2)
+  # configs/fashion_mnist.py's documented match, which configs/sweeps/race_fashion_mnist.py runs.
+  matched = fashion_mnist.get_config("tome_r=3,tome_inflection=0.2,tome_start=3")
+  assert (r, matched.tome.r, matched.tome.start_layer, matched.tome.inflection) == (3, 3, 3, 0.2)
+  assert tome.parse_r(10, 3, 0.2) == (2, 2, 2, 2, 2, 3, 3, 3, 3, 4)
   assert matched.drop_warmup_epochs == config.drop_warmup_epochs
   validation.check_config(matched)
 
