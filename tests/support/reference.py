@@ -91,9 +91,11 @@ def conv_stem(image: np.ndarray, stem: dict) -> np.ndarray:
 
 
 def vit_forward(params, images, *, patch_size, drop_layers=(), num_keeps=(), return_layer=None,
-                mode="skip", drop_point="after_attention"):
+                mode="skip", drop_point="after_attention", margins=None):
   """Returns (logits (B, classes), keep lists per drop layer: list of (B, K) arrays of
-  positions in the sequence present at that layer)."""
+  positions in the sequence present at that layer). A list given as `margins` gets, per
+  image and drop layer, the gap between the last kept and the first dropped score over the
+  mean score: how far each decision was from a tie."""
   p = _to_float64(params)
   enc = p["Transformer"]
   depth = sum(1 for name in enc if name.startswith("encoderblock_"))
@@ -127,6 +129,8 @@ def vit_forward(params, images, *, patch_size, drop_layers=(), num_keeps=(), ret
       def split(x, scores, stage, waiting):
         keep, drop = split_indices(scores[None], num_keeps[stage])
         keep, drop = keep[0], drop[0]
+        if margins is not None and len(drop):
+          margins.append((scores[keep].min() - scores[drop].max()) / scores.mean())
         keeps[stage].append(keep)
         dropped = {int(j): x[1 + j].copy() for j in drop}
         kept = np.concatenate([x[:1], x[1 + keep]], 0)
