@@ -158,7 +158,7 @@ def test_batches_are_three_channel_in_minus_one_to_one_with_masks(tmp_path):
   batch = next(pipeline.eval_batches(sources.eval, sources.info, global_batch=8, image_size=28,
                                      num_threads=1))
   assert batch["image"].shape == (8, 28, 28, 3) and batch["mask"].shape == (8, 28, 28)
-  for channel in range(3):  # grey in every channel, 0..255 to [-1, 1]
+  for channel in range(3):  # grey in every channel, 0..255 to [-1, 1]: <= 2 roundings of |x| <= 1
     np.testing.assert_allclose(batch["image"][..., channel], test_images / 127.5 - 1, atol=1e-6)
   np.testing.assert_array_equal(batch["mask"], test_images > fashion_mnist.MASK_THRESHOLD)
   train = next(pipeline.train_batches(sources.train, sources.info, global_batch=8, image_size=28,

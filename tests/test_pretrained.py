@@ -186,6 +186,8 @@ def test_vision_transformer_npz_loads_to_the_same_logits(source, tmp_path):
   np.savez(path, **flat_names(params))
   assert pretrained.checkpoint_format(path) == "vision_transformer"
   loaded = pretrained.load(path, fresh())
+  # The same float32 parameters through the same program: equal on one machine (seen 0); 1e-5
+  # of logits |x| < 1 is slack for a layout that re-adds [CLS] and its position row.
   np.testing.assert_allclose(logits(fresh(), loaded, images), expected, atol=1e-5, rtol=0)
 
 
@@ -219,6 +221,8 @@ def test_timm_safetensors_matches_an_independent_float64_forward(source, tmp_pat
   exact = fresh(gelu="exact")
   loaded = pretrained.load(path, exact)
   reference = timm_forward_float64(sd, images, heads)
+  # float32 against float64 over 12 blocks of <= 128-term sums: ~sqrt(24 * 128) * 2^-24 of
+  # the logits' size (< 1): ~3e-6 at most (seen 5.4e-7, SSE4.2).
   np.testing.assert_allclose(logits(exact, loaded, images), reference, atol=1e-5, rtol=0)
   # The same parameters are this project's (the layout is a pure rearrangement) ...
   for name, value in flat_names(loaded).items():
@@ -335,6 +339,7 @@ def test_position_embedding_resize_by_hand():
   resized = pretrained.resize_pos_embedding(pos, 4)
   assert resized.shape == (1, 17, 1)
   assert resized[0, 0, 0] == 7.0  # [CLS] row kept
+  # Quarter weights on values <= 12: a few float32 roundings, ulp(12) ~ 1e-6 (seen exact).
   np.testing.assert_allclose(resized[0, 1:, 0].reshape(4, 4), expected, atol=1e-6)
 
 

@@ -49,7 +49,7 @@ def toe_skip_aux():
 def test_cls_rows_sum_to_one_and_maps_cover_the_patch_grid(skip_aux):
   rows = patch_maps.cls_attention_rows(skip_aux)
   assert [r.shape for r in rows] == [(2, 65)] * 6 + [(2, 33)] * 4 + [(2, 65)] * 2
-  for row in rows:
+  for row in rows:  # float32 softmax rows of <= 65 entries: sums ~sqrt(65) * 2^-24 from 1
     np.testing.assert_allclose(row.sum(axis=1), 1.0, rtol=1e-5)
 
   maps = patch_maps.cls_attention_maps(skip_aux, 64)
@@ -186,6 +186,7 @@ def test_merge_assignment_groups_are_the_merged_tokens():
     for slot in range(1, 1 + STAGE1.num_selected):
       members = np.flatnonzero(slots[b] == slot)
       assert out_index[b, slot] - 1 in members  # the selected token heads its own group
+      # A float32 mean of a few tokens, recomputed in numpy: a few ulps (seen exact).
       np.testing.assert_allclose(out[b, slot], x[b, 1 + members].mean(axis=0), rtol=1e-5,
                                  atol=1e-6)
 
