@@ -136,6 +136,17 @@ def test_a_rerun_at_stop_after_step_trains_nothing(data_dir, tmp_path, caplog):
                                               stop_after_step=5), str(tmp_path))
   assert later.step == 5  # a later stop trains on from the checkpoint
 
+  # At the run's end, a rerun neither trains nor evaluates again: its final evaluation is
+  # recorded (a SIGTERM during it leaves it missing, and the rerun evaluates: test_faults.py).
+  finished = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=10.0), str(tmp_path))
+  records = len(read_metrics(tmp_path))
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    again = loop.train_and_evaluate(tiny_config(data_dir, eval_every_epochs=10.0), str(tmp_path))
+  assert again.step == 8 and again.eval_metrics == finished.eval_metrics
+  assert "eval at step" not in caplog.text and "compiled" not in caplog.text
+  assert len(read_metrics(tmp_path)) == records + 1  # train/finished again, no eval record
+
 
 @pytest.mark.slow
 def test_the_whole_recipe_together_resumes_exactly(data_dir, tmp_path):

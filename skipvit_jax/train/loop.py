@@ -30,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from skipvit_jax.data import pipeline
 from skipvit_jax.models import flops, pretrained
@@ -38,7 +39,7 @@ from skipvit_jax.train import checkpointing, evaluate, resume, stopping, validat
 from skipvit_jax.train import phases as phases_lib
 from skipvit_jax.train import plan as plan_lib
 from skipvit_jax.train import step as step_lib
-from skipvit_jax.train.metrics import MetricWriter
+from skipvit_jax.train.metrics import MetricWriter, read_metrics
 from skipvit_jax.train.throughput import ThroughputMeter, format_duration
 
 
@@ -76,6 +77,17 @@ def restore_or_initialise(config: ml_collections.ConfigDict, plan: plan_lib.RunP
     return state.replace(params=params,
                          ema_params=params if state.ema_params is not None else None)
   return state
+
+
+def recorded_evaluation(workdir: str, step: int) -> dict[str, float] | None:
+  """The evaluation metrics.jsonl holds at `step`; None when there is none (a SIGTERM cut it
+  short). Process 0's file decides for every process, as evaluating is collective."""
+  records = read_metrics(workdir, missing_ok=True)
+  recorded = {name: value for record in records if record["step"] == step
+              for name, value in record.items() if name.startswith("eval")}
+  if jax.process_count() > 1:
+    return recorded if multihost_utils.broadcast_one_to_all(bool(recorded)) else None
+  return recorded or None
 
 
 class PhaseSteps:
@@ -228,8 +240,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                    json.dumps({k: round(v, 4) for k, v in results.items()}))
       return True
 
-    if start_step == plan.total_steps:  # resumed at the end: the final evaluation may be missing
-      eval_missing = not evaluate_now(plan.phases[-1].toe)
+    if start_step == plan.total_steps:  # resumed at the end: evaluates if that is missing
+      recorded = recorded_evaluation(workdir, start_step)
+      if recorded is None:
+        eval_missing = not evaluate_now(plan.phases[-1].toe)
+      else:
+        final_eval = recorded
     try:
       # A run resumed at or past config.stop_after_step trains nothing (the stop is where the
       # last run left it), rather than one step more on every rerun.
