@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist
-from skipvit_jax.data import fashion_mnist as fashion_data
-from skipvit_jax.data import pipeline
 from skipvit_jax.models import flops, routing
 from skipvit_jax.models.routing import RoutingConfig
 from skipvit_jax.models.tome import ToMeConfig
 from skipvit_jax.models.vit import ViT
-from skipvit_jax.train import phases, plan, validation
+from skipvit_jax.train import phases, validation
 from skipvit_jax.train import step as step_lib
-from tests.support import tome_reference
+from tests.support import fashion_flops, tome_reference
 from tests.support.jax_testing import trace_counter
 
 HALF = RoutingConfig(patch_keep_rate=0.5)  # 49 patches: keeps floor(24.5) = 24
@@ -135,15 +133,7 @@ def test_flops_and_the_keep_rate_matching_6_55_11_on_fashion_mnist():
   assert flops.forward_macs("Te/4", image_size=28, num_classes=5, routing=HALF,
                             train=False).blocks == flops.forward_macs(
                                 "Te/4", image_size=28, num_classes=5).blocks
-  config = fashion_mnist.get_config("row=6-55-11")
-  model = plan.build_model(config, 10)
-  per_epoch = pipeline.steps_per_epoch(fashion_data.NUM_TRAIN, config.batch_size)
-  total = plan.total_train_steps(config, per_epoch)
-  target = flops.schedule_speedup(
-      model.variant, phases=plan.training_phases(config, model, per_epoch, total),
-      image_size=28, num_classes=10)
-  run = dict(image_size=28, num_classes=10, total_steps=total,
-             warmup_steps=plan.drop_warmup_steps(config, per_epoch))
+  target, run = fashion_flops.target_6_55_11()
   rate, speedup = flops.patch_keep_for_speedup(target, "Te/4", **run)
   every = {k: flops.run_speedup("Te/4", routing=RoutingConfig(patch_keep_rate=k / 49), **run)
            for k in range(1, 50)}

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist
-from skipvit_jax.data import fashion_mnist as fashion_data
-from skipvit_jax.data import pipeline
 from skipvit_jax.models import attention, flops, tome
 from skipvit_jax.models.routing import RoutingConfig
 from skipvit_jax.models.tome import ToMeConfig
 from skipvit_jax.models.vit import ViT
 from skipvit_jax.train import phases, plan, validation
-from tests.support import tome_reference
+from tests.support import fashion_flops, tome_reference
 from tests.support.jax_testing import trace_counter
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -291,15 +289,7 @@ def test_flops_count_the_merged_tokens():
 
 
 def test_r_for_a_speedup_is_the_closest_and_matches_6_55_11_on_fashion_mnist():
-  config = fashion_mnist.get_config("row=6-55-11")
-  model = plan.build_model(config, 10)
-  per_epoch = pipeline.steps_per_epoch(fashion_data.NUM_TRAIN, config.batch_size)
-  total = plan.total_train_steps(config, per_epoch)
-  target = flops.schedule_speedup(
-      model.variant, phases=plan.training_phases(config, model, per_epoch, total),
-      image_size=28, num_classes=10)
-  run = dict(image_size=28, num_classes=10, total_steps=total,
-             warmup_steps=plan.drop_warmup_steps(config, per_epoch))
+  target, run = fashion_flops.target_6_55_11()
   r, speedup = flops.tome_r_for_speedup(target, "Te/4", start_layer=3, inflection=0.2, **run)
   every = [flops.run_speedup("Te/4", routing=RoutingConfig(
       tome=ToMeConfig(r=k, start_layer=3, inflection=0.2)), **run) for k in range(26)]
@@ -308,7 +298,7 @@ def test_r_for_a_speedup_is_the_closest_and_matches_6_55_11_on_fashion_mnist():
   matched = fashion_mnist.get_config("tome_r=3,tome_inflection=0.2,tome_start=3")
   assert (r, matched.tome.r, matched.tome.start_layer, matched.tome.inflection) == (3, 3, 3, 0.2)
   assert tome.parse_r(10, 3, 0.2) == (2, 2, 2, 2, 2, 3, 3, 3, 3, 4)
-  assert matched.drop_warmup_epochs == config.drop_warmup_epochs
+  assert matched.drop_warmup_epochs == fashion_mnist.get_config("row=6-55-11").drop_warmup_epochs
   validation.check_config(matched)
 
 
