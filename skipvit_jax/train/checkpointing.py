@@ -27,7 +27,7 @@ import re
 import shutil
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 from absl import logging
@@ -79,30 +79,29 @@ def _closed_loop_callback(error: BaseException | None) -> bool:
           and all(f"{os.sep}asyncio{os.sep}" in frame.filename for frame in frames))
 
 
+def _skip_closed_loop_callbacks(hook_name: str, error_of: Callable[..., Any]) -> None:
+  """Wraps `sys.<hook_name>` so that it drops the errors `_closed_loop_callback` names;
+  `error_of` picks the error out of the hook's arguments (idempotent)."""
+  shown = getattr(sys, hook_name)
+  if getattr(shown, "skips_closed_loop_callbacks", False):
+    return
+
+  def hook(*args):
+    if not _closed_loop_callback(error_of(*args)):
+      shown(*args)
+
+  hook.skips_closed_loop_callbacks = True
+  setattr(sys, hook_name, hook)
+
+
 def quiet_orbax_logs() -> None:
   """Filters orbax's chatter out of absl's log, and the closed-loop callbacks of a failed
   write out of the interpreter's error output (both of its hooks; idempotent)."""
   logger = logging.get_absl_logger()
   if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
     logger.addFilter(_QuietOrbax())
-  if not getattr(sys.excepthook, "skips_closed_loop_callbacks", False):
-    shown = sys.excepthook
-
-    def excepthook(kind, error, tb):
-      if not _closed_loop_callback(error):
-        shown(kind, error, tb)
-
-    excepthook.skips_closed_loop_callbacks = True
-    sys.excepthook = excepthook
-  if not getattr(sys.unraisablehook, "skips_closed_loop_callbacks", False):
-    reported = sys.unraisablehook
-
-    def unraisablehook(unraisable):
-      if not _closed_loop_callback(unraisable.exc_value):
-        reported(unraisable)
-
-    unraisablehook.skips_closed_loop_callbacks = True
-    sys.unraisablehook = unraisablehook
+  _skip_closed_loop_callbacks("excepthook", lambda kind, error, tb: error)
+  _skip_closed_loop_callbacks("unraisablehook", lambda unraisable: unraisable.exc_value)
 
 
 class Checkpoints:
