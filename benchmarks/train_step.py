@@ -17,7 +17,8 @@ dense step, the FLOP-ideal speedup and the realised fraction of the ideal gain
 ((measured - 1) / (ideal - 1)). Besides the SkipViT rows and ToE stages, `tome<r>` merges r
 tokens per layer with ToMe (proportional attention: implementations that take a logit bias
 only, see skipvit_jax/models/attention.py) and `pd<percent>` keeps that percentage of the patch
-tokens at the input (PatchDropout), alone or before a row (`pd80+6-55-11`); ViT-S/16's
+tokens at the input (PatchDropout), alone or before a row (`pd80+6-55-11`); `tome3i0.2from3`
+adds ToMe's inflection and first merging layer, `pd40of49` names the kept patches; ViT-S/16's
 `tome7` and `pd80` are the r and keep rate whose FLOP-ideal speedup is closest to 6-55-11's.
 With several attention implementations (--attention, a comma list) every configuration runs
 with each, speedups against the dense step of the same implementation, and each result names
@@ -74,18 +75,33 @@ class BenchConfig:
   attention: str = "xla"  # attention implementation (skipvit_jax/models/attention.py)
 
 
+_TOME_NAME = re.compile(r"tome(?P<r>\d+)(?:i(?P<inflection>-?[\d.]+))?(?:from(?P<start>\d+))?$")
+_PATCH_KEEP = re.compile(r"(?:(?P<kept>\d+)of(?P<total>\d+)|(?P<percent>\d+))$")
+
+
 def parse_config(name: str, attention: str = "xla") -> BenchConfig:
-  """'dense', a paper row ('6-55-11', '6-45-fused'), 'toe1'/'toe2', 'toe<k>+<row>', 'tome<r>'
-  (ToMe, r per layer), 'pd<percent>' or 'pd<percent>+<row>' (PatchDropout's kept percentage)."""
+  """'dense', a paper row ('6-55-11', '6-45-fused'), 'toe1'/'toe2', 'toe<k>+<row>',
+  'tome<r>[i<inflection>][from<layer>]' (ToMe: r per layer, its (r, inflection) schedule, the
+  first merging layer; 'tome3i0.2from3'), 'pd<percent>' or 'pd<kept>of<patches>' (PatchDropout's
+  kept share of the patches; 'pd40of49'), alone or before a row ('pd80+6-55-11')."""
   if name.startswith("tome"):
-    return BenchConfig(name, RoutingConfig(tome=ToMeConfig(r=int(name[4:]))), 0, attention)
+    match = _TOME_NAME.match(name)
+    if match is None:
+      raise ValueError(f"--configs: {name!r} is not tome<r>[i<inflection>][from<layer>]")
+    tome = ToMeConfig(r=int(match["r"]), inflection=float(match["inflection"] or 0),
+                      start_layer=int(match["start"] or 1))
+    return BenchConfig(name, RoutingConfig(tome=tome), 0, attention)
   toe_stage, keep_rate, row = 0, 1.0, name
   if name.startswith("toe"):
     stage, _, row = name[3:].partition("+")
     toe_stage = int(stage)
   elif name.startswith("pd"):
-    percent, _, row = name[2:].partition("+")
-    keep_rate = int(percent) / 100
+    share, _, row = name[2:].partition("+")
+    match = _PATCH_KEEP.match(share)
+    if match is None:
+      raise ValueError(f"--configs: {name!r} is not pd<percent> or pd<kept>of<patches>")
+    keep_rate = (int(match["kept"]) / int(match["total"]) if match["kept"]
+                 else int(match["percent"]) / 100)
   routing = RoutingConfig() if row in ("dense", "") else RoutingConfig.from_paper_row(row)
   routing = dataclasses.replace(routing, patch_keep_rate=keep_rate)
   return BenchConfig(name, routing, toe_stage, attention)

@@ -10,7 +10,8 @@ import jax
 import pytest
 
 from benchmarks import gpu_check, host_malloc, input_pipeline, train_step
-from skipvit_jax.models import flops
+from skipvit_jax.models import flops, routing
+from skipvit_jax.models import tome as tome_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +70,24 @@ def test_paper_rows_parse_to_the_configs_routing():
   fused = train_step.parse_config("6-45-fused")
   assert fused.routing.mode == "fused" and fused.routing.return_layer is None
   assert train_step.parse_config("toe2+6-55-11").toe_stage == 2
+
+
+def test_token_reducer_names_parse_to_the_race_configs():
+  """The race's rows by name (configs/sweeps/race_fashion_mnist.py): ToMe's schedule and
+  PatchDropout's kept count, which at 49 patches a whole percentage cannot always name."""
+  tome = train_step.parse_config("tome3i0.2from3").routing.tome
+  assert (tome.r, tome.inflection, tome.start_layer) == (3, 0.2, 3)
+  assert tome_lib.merge_schedule(tome, depth=12, num_tokens=50) == (
+      0, 0, 2, 2, 2, 2, 2, 3, 3, 3, 3, 4)
+  plain = train_step.parse_config("tome7").routing.tome
+  assert (plain.r, plain.inflection, plain.start_layer) == (7, 0.0, 1)
+  for name, kept in (("pd40of49", 40), ("pd31of49", 31), ("pd80", 39)):
+    rate = train_step.parse_config(name).routing.patch_keep_rate
+    assert routing.patch_dropout_count(49, rate) == kept, name
+  assert train_step.parse_config("pd40of49+6-55-11").routing.drop_layers == (6,)
+  for bad in ("tome3x", "pd40of", "pdx"):
+    with pytest.raises(ValueError, match="--configs"):
+      train_step.parse_config(bad)
 
 
 def test_input_pipeline_benchmark_smoke(tmp_path):
