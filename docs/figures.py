@@ -1,9 +1,12 @@
 """Draws docs/results.md's figures and prints its tables from a reproduction sweep directory.
 
   python docs/figures.py --sweep_dir docs/reproduction/synthetic --out docs/figures/synthetic
+  python docs/figures.py --sweep_dir docs/reproduction/race_fashion_mnist \
+      --out docs/figures/race_fashion_mnist --no_recall
 
-Writes accuracy_vs_speedup.png (top-1 against measured training speedup, mean over each run's
-seeds, the Pareto front joined) and recall_vs_epoch.png (kept-object recall of the first drop
+Writes accuracy_vs_speedup.png (top-1 against measured training speedup, mean ± sd over each
+run's seeds, one marker per method, the Pareto front joined) and, unless --no_recall,
+recall_vs_epoch.png (kept-object recall of the first drop
 layer over training, seed 0, against the keep ratio a random router would recall). Prints the
 summary table docs/results.md shows (markdown), then the claims' contrasts as JSON: for each
 pair of runs (CONTRASTS), the paired difference over the seeds both finished, with its 95% t
@@ -37,9 +40,26 @@ CONTRASTS = (
     ("6-55-11", "6-55-11_random", RECALL_0),
     ("toe", "dense", TOP1),  # ToE against none
     ("toe+6-55-11", "toe", TOP1),  # SkipViT on top of ToE
+    # The race at 6-55-11's FLOPs (configs/sweeps/race_fashion_mnist.py), then at more saving.
+    ("tome_3i0.2_from3", "6-55-11", TOP1),
+    ("patchdrop_40of49", "6-55-11", TOP1),
+    ("tome_3i0.2_from3", "patchdrop_40of49", TOP1),
+    ("tome_3i0.2_from3", "6-55-11", schema.SPEEDUP),
+    ("patchdrop_40of49", "6-55-11", schema.SPEEDUP),
+    ("tome_3", "patchdrop_31of49", TOP1),
+    ("tome_3", "patchdrop_31of49", schema.SPEEDUP),
 )
 RECALL_RUNS = ("6-55-11", "6-55-11_warmup0", "6-55-11_random", "6-45-11", "4.7-30.30-10",
                "toe+6-55-11")
+
+
+def method(run: str) -> str:
+  """The method a run name in the reproduction sweeps belongs to (the figure's marker)."""
+  for prefix, name in (("dense", "dense"), ("tome", "ToMe"), ("patchdrop", "PatchDropout"),
+                       ("toe+", "ToE + SkipViT"), ("toe", "ToE")):
+    if run.startswith(prefix):
+      return name
+  return "random selection" if run.endswith("_random") else "SkipViT"
 
 
 def contrasts(rows: list[dict]) -> list[dict]:
@@ -90,21 +110,30 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--sweep_dir", required=True)
   parser.add_argument("--out", default=str(Path(__file__).parent / "figures"))
+  parser.add_argument("--no_recall", action="store_true",
+                      help="skip recall_vs_epoch.png (a sweep without SkipViT's ablations)")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   sweep = results.read_results(args.sweep_dir)
   means = sweep.mean_std_over_seeds
   print(summary_table(means, sweep.runs))
-  print(json.dumps(contrasts(sweep.runs), indent=1))
+  print(json.dumps([c for c in contrasts(sweep.runs) if c["pairs"]], indent=1))
 
-  speedup, top1 = schema.mean_field(schema.SPEEDUP), schema.mean_field(TOP1)
-  points = [{schema.NAME: m[schema.NAME], schema.SPEEDUP: m[speedup], TOP1: 100 * m[top1]}
-            for m in means if m[schema.SEEDS] and m[speedup] is not None]
-  ax = plots.plot_pareto(points, label_all=True)
-  ax.set_xlabel("measured training speedup over dense (same seed)")
-  ax.set_ylabel("top-1 % with the run's routing (mean over seeds)")
+  sd = lambda m, column, scale=1.0: (None if m[schema.std_field(column)] is None
+                                     else scale * m[schema.std_field(column)])
+  points = [{schema.NAME: m[schema.NAME], "method": method(m[schema.NAME]),
+             schema.SPEEDUP: m[schema.mean_field(schema.SPEEDUP)],
+             TOP1: 100 * m[schema.mean_field(TOP1)],
+             "speedup_sd": sd(m, schema.SPEEDUP), "top1_sd": sd(m, TOP1, 100)}
+            for m in means if m[schema.SEEDS] and m[schema.mean_field(schema.SPEEDUP)] is not None]
+  ax = plots.plot_pareto(points, label_all=True, x_err_key="speedup_sd", y_err_key="top1_sd",
+                         group_key="method")
+  ax.set_xlabel("measured training speedup over dense (same seed), mean ± sd")
+  ax.set_ylabel("top-1 % with the run's routing, mean ± sd over seeds")
   ax.figure.tight_layout()
   ax.figure.savefig(os.path.join(args.out, "accuracy_vs_speedup.png"), dpi=150)
+  if args.no_recall:
+    return
 
   histories, keep_ratio = {}, None
   for name in RECALL_RUNS:

@@ -365,6 +365,13 @@ def test_results_figures_contrast_runs_over_the_seeds_both_finished():
   assert random["mean"] == pytest.approx(0.015)
   assert random["ci95"] == pytest.approx(T_975[1] * 0.01 / 2 ** 0.5 / 2 ** 0.5, rel=1e-9)
   assert by_pair[("toe", "dense", "top1")]["pairs"] == 0
+  methods = {name: figures.method(name) for name in (
+      "dense", "6-55-11", "6-45-fused", "6-55-11_random", "toe", "toe+6-55-11",
+      "tome_3i0.2_from3", "patchdrop_40of49")}
+  assert methods == {"dense": "dense", "6-55-11": "SkipViT", "6-45-fused": "SkipViT",
+                     "6-55-11_random": "random selection", "toe": "ToE",
+                     "toe+6-55-11": "ToE + SkipViT", "tome_3i0.2_from3": "ToMe",
+                     "patchdrop_40of49": "PatchDropout"}
 
 
 def test_only_runs_the_named_runs_and_tabulates_every_run(tmp_path, monkeypatch):

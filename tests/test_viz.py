@@ -340,3 +340,25 @@ def test_pareto_plot_labels_the_front_or_every_run():
   assert sorted(t.get_text() for t in front_only.texts) == ["fast"]
   every = plots.plot_pareto(records, label_all=True)
   assert sorted(t.get_text() for t in every.texts) == ["dense", "fast", "slow"]
+
+
+def test_pareto_plot_draws_each_methods_marker_and_error_bars():
+  records = [{"name": "dense", "method": "dense", "top1": 0.30, "speedup_measured": 1.0,
+              "top1_sd": 0.01, "speedup_sd": None},
+             {"name": "a1", "method": "A", "top1": 0.29, "speedup_measured": 1.1,
+              "top1_sd": 0.02, "speedup_sd": 0.05},
+             {"name": "a2", "method": "A", "top1": 0.295, "speedup_measured": 1.2,
+              "top1_sd": 0.03, "speedup_sd": 0.04}]
+  ax = plots.plot_pareto(records, x_err_key="speedup_sd", y_err_key="top1_sd",
+                         group_key="method")
+  handles, labels = ax.get_legend_handles_labels()
+  assert sorted(labels) == ["A", "Pareto front", "dense"]
+  by_label = dict(zip(labels, handles))
+  assert by_label["dense"].lines[0].get_marker() != by_label["A"].lines[0].get_marker()
+  np.testing.assert_allclose(by_label["A"].lines[0].get_xdata(), [1.1, 1.2])
+  # The vertical bars of group A span mean ± sd.
+  y_bars = by_label["A"].lines[2][-1].get_segments()
+  np.testing.assert_allclose([(seg[0][1], seg[1][1]) for seg in y_bars],
+                             [(0.27, 0.31), (0.265, 0.325)])
+  front = [line for line in ax.lines if line.get_label() == "Pareto front"][0]
+  np.testing.assert_allclose(front.get_xdata(), [1.0, 1.2])  # a1 is dominated by dense

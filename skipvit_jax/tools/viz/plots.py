@@ -203,6 +203,9 @@ def _group_outlines(groups: np.ndarray, patch_size: int) -> list:
   return segments
 
 
+_MARKERS = "osD^vP*Xph"
+
+
 def plot_pareto(
     records: Sequence[Mapping],
     *,
@@ -210,6 +213,9 @@ def plot_pareto(
     y_key: str = schema.TOP1,
     label_key: str = schema.NAME,
     label_all: bool = False,
+    x_err_key: str | None = None,
+    y_err_key: str | None = None,
+    group_key: str | None = None,
     ax=None,
 ):
   """Accuracy against measured speedup, one point per run, the Pareto front joined.
@@ -220,6 +226,10 @@ def plot_pareto(
     x_key, y_key: the record fields on the axes (both maximised for the front).
     label_key: field written next to each front point.
     label_all: also write it, in grey, next to the points off the front.
+    x_err_key, y_err_key: fields holding each point's error bar (e.g. the sd over seeds of a
+      mean); a missing or None value draws no bar.
+    group_key: field naming each point's group (e.g. its method): one marker and colour per
+      group, in the legend, instead of grey dots.
     ax: matplotlib Axes to draw into (default: a new figure).
 
   Returns:
@@ -227,10 +237,21 @@ def plot_pareto(
   """
   ax = _axes(ax)
   points = np.array([[r[x_key], r[y_key]] for r in records], np.float64).reshape(-1, 2)
-  ax.scatter(points[:, 0], points[:, 1], s=18, c="0.55", label="runs")
+  groups = (list(dict.fromkeys(r[group_key] for r in records)) if group_key else ["runs"])
+  for k, group in enumerate(groups):
+    members = [j for j, r in enumerate(records) if not group_key or r[group_key] == group]
+    error = lambda key, members=members: (None if key is None else
+                                          [records[j].get(key) or 0.0 for j in members])
+    style = (dict(fmt=_MARKERS[k % len(_MARKERS)], c=f"C{k % 10}", ms=6) if group_key
+             else dict(fmt="o", c="0.55", ms=4))
+    ax.errorbar(points[members, 0], points[members, 1], xerr=error(x_err_key),
+                yerr=error(y_err_key), elinewidth=0.8, capsize=2, label=group, **style)
   if len(points):
     front = compare.pareto_front(points)
-    ax.plot(points[front, 0], points[front, 1], "o-", c="C3", ms=5, label="Pareto front")
+    # Grouped points keep their markers; the front is a line through them.
+    front_style = dict(c="0.3", lw=0.9, zorder=0) if group_key else dict(c="C3", ms=5)
+    ax.plot(points[front, 0], points[front, 1], "-" if group_key else "o-",
+            label="Pareto front", **front_style)
     for j in front:
       ax.annotate(str(records[j].get(label_key, j)), points[j], fontsize=6,
                   xytext=(3, 3), textcoords="offset points")
