@@ -33,8 +33,9 @@ batch 64, 12 epochs; it combines with the others (`:long,row=6-55-11`).
 Both recipes are sized for 15 minutes of a 2-core CPU: the 5.5-epoch one (the reproduction's)
 leaves room for a slow machine, and `:long` fills the budget with a wider model, twice the
 updates per epoch and more epochs. Expected results, over seeds, and the wall time of each:
-docs/results.md, "Fashion-MNIST" and "Fashion-MNIST, longer recipe"; how both recipes were
-chosen: docs/results.md, "How the Fashion-MNIST recipes were chosen".
+docs/results.md, "Fashion-MNIST" and "Fashion-MNIST, longer recipe" (ToMe and PatchDropout:
+"Token reducers at equal FLOPs, Fashion-MNIST"); how both recipes were chosen: docs/results.md,
+"How the Fashion-MNIST recipes were chosen".
 """
 
 import ml_collections

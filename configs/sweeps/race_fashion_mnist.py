@@ -13,7 +13,9 @@ command that finds them):
   - A larger saving: ToMe's constant r = 3 from layer 1, and PatchDropout's 31 of 49 patches.
 The dense and 6-55-11 rows rerun here, on the machine that runs the new ones: runs are
 deterministic on one machine only (docs/results.md, "Reproducibility"). 18 runs of the
-recipe's length; an interrupted sweep resumes where it stopped.
+recipe's length, 5 to 10 minutes each; an interrupted sweep resumes where it stopped. Expected
+results, and the step speedups measured alone: docs/results.md, "Token reducers at equal FLOPs,
+Fashion-MNIST".
 """
 
 from configs.sweeps import paper_row
