@@ -6,8 +6,8 @@
 
 Writes accuracy_vs_speedup.png (top-1 against measured training speedup, mean ± sd over each
 run's seeds, one marker per method, the Pareto front joined) and, unless --no_recall,
-recall_vs_epoch.png (kept-object recall of the first drop
-layer over training, seed 0, against the keep ratio a random router would recall). Prints the
+recall_vs_epoch.png (kept-object recall of the first drop layer over training, seed 0, against
+the keep ratio a random router would recall). Prints the
 summary table docs/results.md shows (markdown), then the claims' contrasts as JSON: for each
 pair of runs (CONTRASTS), the paired difference over the seeds both finished, with its 95% t
 interval (skipvit_jax.tools.sweep.stats.paired_difference).
@@ -119,13 +119,12 @@ def main() -> None:
   print(summary_table(means, sweep.runs))
   print(json.dumps([c for c in contrasts(sweep.runs) if c["pairs"]], indent=1))
 
-  sd = lambda m, column, scale=1.0: (None if m[schema.std_field(column)] is None
-                                     else scale * m[schema.std_field(column)])
+  speedup, top1 = schema.mean_field(schema.SPEEDUP), schema.mean_field(TOP1)
+  speedup_sd, top1_sd = schema.std_field(schema.SPEEDUP), schema.std_field(TOP1)
   points = [{schema.NAME: m[schema.NAME], "method": method(m[schema.NAME]),
-             schema.SPEEDUP: m[schema.mean_field(schema.SPEEDUP)],
-             TOP1: 100 * m[schema.mean_field(TOP1)],
-             "speedup_sd": sd(m, schema.SPEEDUP), "top1_sd": sd(m, TOP1, 100)}
-            for m in means if m[schema.SEEDS] and m[schema.mean_field(schema.SPEEDUP)] is not None]
+             schema.SPEEDUP: m[speedup], TOP1: 100 * m[top1], "speedup_sd": m[speedup_sd],
+             "top1_sd": None if m[top1_sd] is None else 100 * m[top1_sd]}
+            for m in means if m[schema.SEEDS] and m[speedup] is not None]
   ax = plots.plot_pareto(points, label_all=True, x_err_key="speedup_sd", y_err_key="top1_sd",
                          group_key="method")
   ax.set_xlabel("measured training speedup over dense (same seed), mean ± sd")

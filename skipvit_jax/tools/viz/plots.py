@@ -206,6 +206,11 @@ def _group_outlines(groups: np.ndarray, patch_size: int) -> list:
 _MARKERS = "osD^vP*Xph"
 
 
+def _error_bars(records: Sequence[Mapping], members: Sequence[int], key: str | None):
+  """The `key` field of the `members` records, 0 where missing or None; None without a key."""
+  return None if key is None else [records[j].get(key) or 0.0 for j in members]
+
+
 def plot_pareto(
     records: Sequence[Mapping],
     *,
@@ -240,12 +245,12 @@ def plot_pareto(
   groups = (list(dict.fromkeys(r[group_key] for r in records)) if group_key else ["runs"])
   for k, group in enumerate(groups):
     members = [j for j, r in enumerate(records) if not group_key or r[group_key] == group]
-    error = lambda key, members=members: (None if key is None else
-                                          [records[j].get(key) or 0.0 for j in members])
     style = (dict(fmt=_MARKERS[k % len(_MARKERS)], c=f"C{k % 10}", ms=6) if group_key
              else dict(fmt="o", c="0.55", ms=4))
-    ax.errorbar(points[members, 0], points[members, 1], xerr=error(x_err_key),
-                yerr=error(y_err_key), elinewidth=0.8, capsize=2, label=group, **style)
+    ax.errorbar(points[members, 0], points[members, 1],
+                xerr=_error_bars(records, members, x_err_key),
+                yerr=_error_bars(records, members, y_err_key),
+                elinewidth=0.8, capsize=2, label=group, **style)
   if len(points):
     front = compare.pareto_front(points)
     # Grouped points keep their markers; the front is a line through them.
